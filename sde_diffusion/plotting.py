@@ -1,6 +1,7 @@
 """PNG output: scatter plots of 2-D samples and image grids."""
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, Sequence
 
@@ -11,11 +12,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 
-def scatter_png(
-    path: str,
-    panels: Sequence[tuple[str, torch.Tensor]],
-    lim: Optional[float] = None,
-) -> str:
+def scatter_figure(panels: Sequence[tuple[str, torch.Tensor]], lim: Optional[float] = None) -> plt.Figure:
     """Side-by-side scatter plots of 2-D point sets, one panel per (title, points)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (title, pts) in zip(axes[0], panels):
@@ -27,7 +24,44 @@ def scatter_png(
             ax.set_xlim(-lim, lim)
             ax.set_ylim(-lim, lim)
     fig.tight_layout()
+    return fig
+
+
+def scatter_png(
+    path: str,
+    panels: Sequence[tuple[str, torch.Tensor]],
+    lim: Optional[float] = None,
+) -> str:
+    """``scatter_figure`` saved as a PNG."""
+    return _save(scatter_figure(panels, lim), path)
+
+
+def _save(fig: plt.Figure, path: str) -> str:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def image_grid(x: torch.Tensor, nrow: Optional[int] = None, pad: int = 1) -> torch.Tensor:
+    """Tile a batch of images ``(B, C, H, W)`` into one ``(C, H', W')`` image, ``nrow`` per row
+    (default ⌈√B⌉), separated by ``pad`` pixels of 0."""
+    b, c, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(b))
+    ncol = math.ceil(b / nrow)
+    grid = x.new_zeros(c, ncol * (h + pad) + pad, nrow * (w + pad) + pad)
+    for i in range(b):
+        r, k = divmod(i, nrow)
+        grid[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + k * (w + pad) : pad + k * (w + pad) + w] = x[i]
+    return grid
+
+
+def image_grid_png(path: str, x: torch.Tensor, title: str = "", nrow: Optional[int] = None) -> str:
+    """A grid of images ``(B, C, H, W)`` with values in [0, 1] (grey for C = 1) as a PNG."""
+    grid = image_grid(x.detach().cpu().float(), nrow)
+    fig, ax = plt.subplots(figsize=(6, 6))
+    ax.imshow(grid[0] if grid.shape[0] == 1 else grid.permute(1, 2, 0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_title(title)
+    ax.axis("off")
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,6 +1,8 @@
 """Samplers for score-based models, chosen by name: ``sample(sde, score_fn, shape, method)``."""
-from . import classic  # noqa: F401  (registers the methods)
+from . import classic, ddpm, langevin, ode, pc  # noqa: F401  (register the classic methods)
+from . import adaptive, dpm_solver, edm, unipc  # noqa: F401  (register the fast solvers)
 from .api import available, get_sampler, sample
+from .ode import encode
 from .registry import METHODS, register_method
 
-__all__ = ["sample", "available", "get_sampler", "METHODS", "register_method"]
+__all__ = ["sample", "available", "get_sampler", "encode", "METHODS", "register_method"]

@@ -1,0 +1,366 @@
+"""Experiment configs (ml_collections): the default config, which is also the schema, loading,
+overrides and validation.
+
+Groups, as score_sde users know them: ``training``, ``optim``, ``data``, ``model``, ``sde``,
+``sampling``, ``eval``, ``bench`` (plus ``seed`` and ``device``). Three groups are generated from the
+code so that every constructor argument and sampler option is reachable from the config and new ones
+appear without editing this file:
+
+* ``sde``: ``name`` plus the keyword arguments of that SDE's constructor (``sde_group``);
+* ``model``: ``name`` plus the network's constructor arguments, ``parameterization`` and
+  ``sigma_data`` among them (``model_group``);
+* ``sampling``: ``method``, ``steps``, ``eps``, ``n_samples`` plus one group per registered sampling
+  method holding its options, e.g. ``sampling.ode.rtol`` (``sampling_group``).
+
+``validate`` checks a config against this schema: an unknown field or a value of the wrong type or
+outside its range raises ``ValueError`` naming the dotted path and what is allowed.
+"""
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import json
+import math
+import os
+from typing import Any, Callable, Mapping, Optional
+
+import ml_collections
+import torch
+from ml_collections.config_dict import placeholder
+
+import solvers
+from solvers.api import GENERAL_FIELDS
+
+from . import datasets, losses, models
+from .sde_lib import SDES, sde_from_config
+from .train import OPTIMIZERS
+
+#: Fields of ``config.sampling`` besides the per-method groups.
+SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples",)
+#: Groups whose fields come from a registry, not from the default config.
+GENERATED_GROUPS = ("sde", "model", "sampling")
+
+
+# --- generated groups ------------------------------------------------------------------------------
+def _kwargs_group(kind: str, obj: Callable[..., Any], given: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of ``obj`` (a class or function) with their defaults, updated by
+    ``given``; an unknown name or a missing required argument raises ``ValueError``."""
+    params = _keyword_params(obj)
+    unknown = sorted(set(given) - set(params))
+    if unknown:
+        raise ValueError(f"unknown field(s) {', '.join(unknown)} for {kind}; allowed: {', '.join(params)}")
+    out = {**params, **given}
+    missing = [k for k, v in out.items() if v is inspect.Parameter.empty]
+    if missing:
+        raise ValueError(f"{kind} needs a value for {', '.join(missing)}")
+    return out
+
+
+def _keyword_params(obj: Callable[..., Any]) -> dict[str, Any]:
+    target = obj.__init__ if inspect.isclass(obj) else obj
+    skip = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {
+        name: p.default
+        for name, p in inspect.signature(target).parameters.items()
+        if name != "self" and p.kind not in skip
+    }
+
+
+def _config_value(value: Any) -> Any:
+    """A config value; None becomes a placeholder so that it can still be overridden from the
+    command line (ml_collections cannot override a plain None)."""
+    if value is None:
+        return placeholder(object)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def _group(fields: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict({k: _config_value(v) for k, v in fields.items()})
+
+
+def sde_group(name: str = "vp", **kwargs: Any) -> ml_collections.ConfigDict:
+    """``config.sde``: the SDE's name and all its constructor arguments (defaults updated by kwargs)."""
+    return _group({"name": name, **_kwargs_group(f"SDE {name!r}", SDES.get(name), kwargs)})
+
+
+def model_group(name: str = "mlp", **kwargs: Any) -> ml_collections.ConfigDict:
+    """``config.model``: the network's name and all its constructor arguments, which include
+    ``parameterization`` and ``sigma_data`` (defaults updated by kwargs)."""
+    return _group({"name": name, **_kwargs_group(f"model {name!r}", models.MODELS.get(name), kwargs)})
+
+
+def sampling_group(method: str, steps: Optional[int] = None, eps: Optional[float] = None, n_samples: int = 1000, **options: Any) -> ml_collections.ConfigDict:
+    """``config.sampling``: the method, shared settings and one group per registered method holding
+    its options with their defaults; ``options`` updates the chosen method's group."""
+    methods = solvers.available()
+    if method not in methods:
+        raise ValueError(f"unknown sampling method {method!r}; known: {', '.join(sorted(methods))}")
+    group = ml_collections.ConfigDict(
+        {"method": method, "steps": placeholder(int), "eps": placeholder(float), "n_samples": n_samples}
+    )
+    group.steps, group.eps = steps, eps
+    for name, spec in methods.items():
+        if name in SAMPLING_FIELDS:
+            raise ValueError(f"sampling method name {name!r} clashes with the field sampling.{name}")
+        given = options if name == method else {}
+        unknown = sorted(set(given) - set(spec["options"]))
+        if unknown:
+            raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; known: {', '.join(sorted(spec['options']))}")
+        group[name] = _group({**spec["options"], **given})
+    return group
+
+
+# --- the default config ----------------------------------------------------------------------------
+def get_default_config() -> ml_collections.ConfigDict:
+    """Defaults for every group: a VP SDE and an MLP on the 2-D ring, trained on the CPU."""
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+    config.device = "cpu"
+    config.sde = sde_group("vp")
+    config.model = model_group("mlp")
+
+    config.training = training = ml_collections.ConfigDict()
+    training.batch_size = 512
+    training.n_iters = 4000
+    training.loss = "dsm"
+    training.weighting = "sigma2"
+    training.importance_sampling = False
+    training.reduce = "mean"
+    training.eps = 1e-5
+    training.ema_rate = 0.999
+    training.log_freq = 50
+    training.snapshot_freq = 1000
+    training.keep_checkpoints = 3
+    training.sample_freq = 2000
+    training.n_snapshot_samples = 1000
+    training.progress = True
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = "adam"
+    optim.lr = 2e-3
+    optim.beta1 = 0.9
+    optim.beta2 = 0.999
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = 100
+    optim.grad_clip = 1.0
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "ring"
+    data.n_train = 50000
+    data.n_test = 5000
+    data.centered = True
+    data.uniform_dequantization = False
+    data.seed = 0
+    data.test_fraction = 0.2
+    data.image_size = 8
+    data.num_channels = 1
+
+    config.sampling = sampling_group("euler_maruyama", n_samples=2000)
+
+    config.eval = ml_collections.ConfigDict()
+    config.bench = ml_collections.ConfigDict()
+    return config
+
+
+# --- validation ------------------------------------------------------------------------------------
+#: A value rule: None when the value is allowed, else a description of what is allowed.
+Rule = Callable[[Any], Optional[str]]
+
+
+def _int_at_least(lo: int) -> Rule:
+    return lambda v: None if isinstance(v, int) and not isinstance(v, bool) and v >= lo else f"an integer >= {lo}"
+
+
+def _interval(lo: float, hi: float, lo_open: bool = False, hi_open: bool = True) -> Rule:
+    text = f"a number in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+
+    def rule(v: Any) -> Optional[str]:
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            return text
+        inside = (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+        return None if inside else text
+
+    return rule
+
+
+def _one_of(names: Callable[[], list[str]]) -> Rule:
+    return lambda v: None if v in names() else "one of " + ", ".join(names())
+
+
+def _optional(rule: Rule) -> Rule:
+    return lambda v: None if v is None or rule(v) is None else f"None or {rule(v)}"
+
+
+def _device(value: Any) -> Optional[str]:
+    try:
+        torch.device(value)
+    except (RuntimeError, TypeError):
+        return "a torch device string such as 'cpu' or 'cuda:0'"
+    return None
+
+
+POSITIVE = _interval(0.0, math.inf, lo_open=True)
+NON_NEGATIVE = _interval(0.0, math.inf)
+UNIT = _interval(0.0, 1.0)
+
+#: Value rules by dotted path; names are checked against the live registries.
+RULES: dict[str, Rule] = {
+    "seed": _int_at_least(0),
+    "device": _device,
+    "training.batch_size": _int_at_least(1),
+    "training.n_iters": _int_at_least(1),
+    "training.loss": _one_of(losses.LOSSES.names),
+    "training.weighting": _one_of(losses.WEIGHTINGS.names),
+    "training.reduce": _one_of(lambda: list(losses.REDUCTIONS)),
+    "training.eps": _interval(0.0, 1.0, lo_open=True),
+    "training.ema_rate": UNIT,
+    "training.log_freq": _int_at_least(1),
+    "training.snapshot_freq": _int_at_least(1),
+    "training.keep_checkpoints": _int_at_least(1),
+    "training.sample_freq": _int_at_least(0),
+    "training.n_snapshot_samples": _int_at_least(1),
+    "optim.optimizer": _one_of(OPTIMIZERS.names),
+    "optim.lr": POSITIVE,
+    "optim.beta1": UNIT,
+    "optim.beta2": UNIT,
+    "optim.eps": POSITIVE,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.warmup": _int_at_least(0),
+    "optim.grad_clip": NON_NEGATIVE,
+    "data.dataset": _one_of(datasets.DATASETS.names),
+    "data.n_train": _int_at_least(1),
+    "data.n_test": _int_at_least(1),
+    "data.test_fraction": _interval(0.0, 1.0, lo_open=True),
+    "data.image_size": _int_at_least(1),
+    "data.num_channels": _int_at_least(1),
+    "sde.name": _one_of(SDES.names),
+    "model.name": _one_of(models.MODELS.names),
+    "sampling.method": _one_of(lambda: sorted(solvers.available())),
+    "sampling.steps": _optional(_int_at_least(1)),
+    "sampling.eps": _optional(_interval(0.0, 1.0)),
+    "sampling.n_samples": _int_at_least(1),
+}
+
+
+def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """Check ``config`` against the schema; return it unchanged or raise ``ValueError`` naming the
+    first bad field (its dotted path) and what is allowed there."""
+    _check_fields(config, get_default_config(), "")
+    for path, rule in RULES.items():
+        value = _get(config, path)
+        allowed = rule(value)
+        if allowed is not None:
+            raise ValueError(f"bad value {value!r} for config.{path}; allowed: {allowed}")
+    _check_generated(config)
+    return config
+
+
+def _check_fields(config: Any, schema: ml_collections.ConfigDict, prefix: str) -> None:
+    """Unknown/missing fields and types of the fixed groups, recursively."""
+    if not isinstance(config, (ml_collections.ConfigDict, dict)):
+        raise ValueError(f"config.{prefix.rstrip('.')} must be a group of fields, got {config!r}")
+    keys, allowed = set(config.keys()), set(schema.keys())
+    if keys - allowed:
+        where = f"config.{prefix.rstrip('.')}" if prefix else "the top level of the config"
+        raise ValueError(f"unknown field config.{prefix}{sorted(keys - allowed)[0]}; allowed in {where}: {', '.join(sorted(allowed))}")
+    if allowed - keys:
+        raise ValueError(f"missing field config.{prefix}{sorted(allowed - keys)[0]}")
+    for key in sorted(keys):
+        path = prefix + key
+        if path in GENERATED_GROUPS:
+            continue
+        if isinstance(schema[key], ml_collections.ConfigDict):
+            _check_fields(config[key], schema[key], path + ".")
+        else:
+            _check_type(config[key], schema.get_type(key), path)
+
+
+def _check_type(value: Any, expected: type, path: str) -> None:
+    if expected is object or value is None:
+        return
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return
+    if expected is tuple and isinstance(value, list):
+        return
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise ValueError(f"config.{path} must be of type {expected.__name__}, got {value!r}")
+
+
+def _check_generated(config: ml_collections.ConfigDict) -> None:
+    """``sde``, ``model`` and ``sampling`` against the registries they are generated from, and the
+    couplings between groups (the loss and the SDE, the data and the network)."""
+    _check_fields(config.sde, sde_group(config.sde.name), "sde.")
+    _check_fields(config.model, model_group(config.model.name), "model.")
+    _check_fields(config.sampling, sampling_group(config.sampling.method), "sampling.")
+    for name, spec in solvers.available().items():
+        _check_fields(config.sampling[name], _group(spec["options"]), f"sampling.{name}.")
+    for group, build in (("sde", lambda: sde_from_config(config.sde)),
+                         ("training", lambda: losses.get_loss_fn(sde_from_config(config.sde), config.training)),
+                         ("data", lambda: datasets.get_dequantizer(config.data))):
+        try:
+            build()
+        except ValueError as err:
+            raise ValueError(f"bad config.{group}: {err}") from None
+    for key in sorted(set(config.model.keys()) & set(config.data.keys())):
+        if config.model[key] != config.data[key]:
+            raise ValueError(f"config.model.{key}={config.model[key]!r} does not match config.data.{key}={config.data[key]!r}")
+
+
+def _get(config: Any, path: str) -> Any:
+    for key in path.split("."):
+        config = config[key]
+    return config
+
+
+# --- loading and overrides -------------------------------------------------------------------------
+def check_path(config: ml_collections.ConfigDict, path: str) -> None:
+    """Raise ``ValueError`` unless the dotted ``path`` names a field of ``config``, naming the first
+    unknown part and the fields allowed there."""
+    group = config
+    keys = path.split(".")
+    for i, key in enumerate(keys):
+        if not isinstance(group, ml_collections.ConfigDict) or key not in group:
+            where = ".".join(keys[:i])
+            allowed = ", ".join(sorted(group.keys())) if isinstance(group, ml_collections.ConfigDict) else "none (not a group)"
+            raise ValueError(f"unknown field config.{'.'.join(keys[: i + 1])}; allowed in config{'.' if where else ''}{where}: {allowed}")
+        group = group[key]
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """Set dotted fields, e.g. ``{"training.n_iters": 10}``, on a copy of ``config``; an unknown path
+    raises ``ValueError`` naming it and the fields allowed there."""
+    config = ml_collections.ConfigDict(config)
+    for path, value in overrides.items():
+        check_path(config, path)
+        *parents, leaf = path.split(".")
+        group = _get(config, ".".join(parents)) if parents else config
+        group[leaf] = value
+    return config
+
+
+def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
+    """Run the config file's ``get_config()``, apply dotted overrides and validate."""
+    if not os.path.isfile(path):
+        raise ValueError(f"config file {path!r} does not exist")
+    spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(os.path.abspath(path)))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"config file {path!r} defines no get_config()")
+    return validate(apply_overrides(module.get_config(), overrides or {}))
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return config.to_json(indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """A config from ``to_json`` output (lists become tuples again)."""
+    return ml_collections.ConfigDict(_tuples(json.loads(text)))
+
+
+def _tuples(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _tuples(v) for k, v in obj.items()}
+    return tuple(_tuples(v) for v in obj) if isinstance(obj, list) else obj

@@ -1,0 +1,228 @@
+"""Training: Adam with linear warm-up and gradient clipping, an EMA of the weights, atomic
+checkpoints that resume exactly, TensorBoard logs and a tqdm bar.
+
+One step (score_sde's ``optimization_manager`` + ``step_fn``), for n = 1, 2, ...:
+
+    L = loss_fn(θ, batch)                        (``config.training.loss``)
+    g ← ∇L,  g ← g · min(1, c / ‖g‖)             (clip the global norm at c = ``optim.grad_clip`` > 0)
+    η_n = lr · min(1, n / warmup)                (linear warm-up)
+    θ ← Adam(θ, g, η_n);  θ̄ ← EMA(θ̄, θ)
+
+Everything random has its own seeded generator (``data``: batch indices; ``noise``: times, noise and
+dequantisation of the loss) or is seeded from ``config.seed`` (initial weights, dropout); all their
+states are checkpointed, so a run interrupted and resumed in the same workdir ends with the same
+weights as an uninterrupted one (bit for bit on the CPU).
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Optional
+
+import numpy as np
+import torch
+from ml_collections import ConfigDict
+from torch import nn
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from . import datasets, losses, models
+from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from .ema import EMA
+from .plotting import image_grid, scatter_figure
+from .registry import Registry
+from .run import build_model, build_sde, check_compatible, checkpoint_dir, draw_samples, write_samples
+
+OptimizerFactory = Callable[[Iterable[nn.Parameter], ConfigDict], torch.optim.Optimizer]
+OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
+
+
+@OPTIMIZERS.register("adam")
+def adam(params: Iterable[nn.Parameter], optim: ConfigDict) -> torch.optim.Optimizer:
+    """Adam (Kingma & Ba 2015) with L2 weight decay added to the gradient, as score_sde."""
+    return torch.optim.Adam(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+@OPTIMIZERS.register("adamw")
+def adamw(params: Iterable[nn.Parameter], optim: ConfigDict) -> torch.optim.Optimizer:
+    """AdamW (Loshchilov & Hutter 2019): decoupled weight decay."""
+    return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay)
+
+
+def learning_rate(step: int, optim: ConfigDict) -> float:
+    """η_n = lr · min(1, n / warmup) for optimiser step n >= 1 (no warm-up when warmup = 0)."""
+    return optim.lr * min(1.0, step / optim.warmup) if optim.warmup > 0 else optim.lr
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss or gradient; the checkpoints on disk are intact."""
+
+
+@dataclass
+class TrainState:
+    """Everything a checkpoint holds besides the config."""
+
+    model: nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    data_generator: torch.Generator
+    noise_generator: torch.Generator
+    step: int = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        np_state = np.random.get_state()
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {
+                "torch": torch.get_rng_state(),
+                "numpy": (np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(_py, np_state[2:])),
+                "python": random.getstate(),
+                "data": self.data_generator.get_state(),
+                "noise": self.noise_generator.get_state(),
+            },
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        name, key, *rest = rng["numpy"]
+        np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
+        random.setstate(_tuples(rng["python"]))
+        self.data_generator.set_state(rng["data"])
+        self.noise_generator.set_state(rng["noise"])
+
+
+def _py(v: Any) -> Any:
+    return v.item() if hasattr(v, "item") else v
+
+
+def _tuples(obj: Any) -> Any:
+    return tuple(_tuples(v) for v in obj) if isinstance(obj, (list, tuple)) else obj
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def init_state(config: ConfigDict) -> TrainState:
+    """Fresh state: seeds set, model initialised, EMA, optimiser and generators created."""
+    seed_everything(config.seed)
+    model = build_model(config)
+    return TrainState(
+        model=model,
+        ema=EMA(model, config.training.ema_rate),
+        optimizer=OPTIMIZERS.get(config.optim.optimizer)(model.parameters(), config.optim),
+        data_generator=torch.Generator(config.device).manual_seed(config.seed + 1),
+        noise_generator=torch.Generator(config.device).manual_seed(config.seed + 2),
+    )
+
+
+def restore(state: TrainState, config: ConfigDict, workdir: str) -> Optional[str]:
+    """Load the latest checkpoint of ``workdir`` into ``state``; its path, or None if there is none."""
+    path = latest_checkpoint(checkpoint_dir(workdir))
+    if path is not None:
+        saved = load_checkpoint(path, map_location=config.device)
+        check_compatible(config, ConfigDict(json.loads(saved["config"])), path)
+        state.load_state_dict(saved)
+    return path
+
+
+def save(state: TrainState, config: ConfigDict, workdir: str) -> str:
+    """Checkpoint ``state`` (refusing non-finite weights, so the last checkpoint is always good)."""
+    for name, p in state.model.named_parameters():
+        if not bool(torch.isfinite(p).all()):
+            raise NonFiniteLossError(f"parameter {name} is not finite at step {state.step}; not saving it")
+    payload = {**state.state_dict(), "config": config.to_json()}
+    return save_checkpoint(checkpoint_dir(workdir), state.step, payload, config.training.keep_checkpoints)
+
+
+def train_step(state: TrainState, loss_fn: losses.LossFn, batch: torch.Tensor, optim: ConfigDict) -> tuple[float, float, float]:
+    """One optimiser step (module docstring); returns ``(loss, gradient norm, learning rate)`` and
+    raises ``NonFiniteLossError`` before touching the weights if the loss or gradient is not finite."""
+    n = state.step + 1
+    state.model.train()
+    loss = loss_fn(state.model, batch, generator=state.noise_generator)
+    if not bool(torch.isfinite(loss)):
+        raise NonFiniteLossError(f"the loss is {float(loss)} at step {n}")
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    max_norm = optim.grad_clip if optim.grad_clip > 0 else float("inf")
+    grad_norm = float(nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
+    if not np.isfinite(grad_norm):
+        raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {n} (loss {float(loss)})")
+    lr = learning_rate(n, optim)
+    for group in state.optimizer.param_groups:
+        group["lr"] = lr
+    state.optimizer.step()
+    state.ema.update(state.model)
+    state.step = n
+    return float(loss.detach()), grad_norm, lr
+
+
+def log_samples(writer: SummaryWriter, state: TrainState, config: ConfigDict, workdir: str, sde: Any) -> None:
+    """Sample with the EMA weights and ``config.sampling``; log to TensorBoard and write
+    ``samples/step_<n>.{png,npz}``. Uses its own generator: the training randomness is untouched."""
+    with state.ema.averaged(state.model) as model:
+        model.eval()
+        score_fn = models.get_score_fn(sde, model)
+        x, nfe = draw_samples(config, sde, score_fn, config.training.n_snapshot_samples, config.seed + state.step, progress=False)
+    stem = os.path.join(workdir, "samples", f"step_{state.step}")
+    write_samples(stem, x, f"step {state.step}, {config.sampling.method}, {nfe} NFE")
+    if x.ndim == 2:
+        writer.add_figure("samples", scatter_figure([(f"step {state.step}", x)]), state.step)
+    else:
+        writer.add_image("samples", image_grid(x.clamp(0, 1).cpu()), state.step)
+
+
+def train(config: ConfigDict, workdir: str) -> TrainState:
+    """Train per ``config`` (validated by ``config.validate``) in ``workdir``, resuming from its
+    latest checkpoint; returns the final state. Raises ``NonFiniteLossError`` naming the step if
+    the loss diverges, leaving the checkpoints written so far intact."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+        f.write(config.to_json(indent=2))
+    tc = config.training
+    sde = build_sde(config)
+    loss_fn = losses.get_loss_fn(sde, tc)
+    train_data = datasets.get_dataset(config.data)[0].to(config.device)
+    dequantize = datasets.get_dequantizer(config.data)
+    state = init_state(config)
+    resumed = restore(state, config, workdir)
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=state.step + 1)
+    bar = tqdm(total=tc.n_iters, initial=state.step, desc="training", disable=not tc.progress, dynamic_ncols=True)
+    if resumed:
+        bar.write(f"resumed from {resumed} at step {state.step}")
+    try:
+        while state.step < tc.n_iters:
+            batch = train_data[torch.randint(train_data.shape[0], (tc.batch_size,), generator=state.data_generator, device=config.device)]
+            if dequantize is not None:
+                batch = dequantize(batch, state.noise_generator)
+            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim)
+            bar.update(1)
+            if state.step % tc.log_freq == 0:
+                writer.add_scalar("training/loss", loss, state.step)
+                writer.add_scalar("training/lr", lr, state.step)
+                writer.add_scalar("training/grad_norm", grad_norm, state.step)
+                bar.set_postfix(loss=f"{loss:.4f}")
+            if state.step % tc.snapshot_freq == 0 or state.step == tc.n_iters:
+                save(state, config, workdir)
+            if tc.sample_freq and (state.step % tc.sample_freq == 0 or state.step == tc.n_iters):
+                log_samples(writer, state, config, workdir, sde)
+    except NonFiniteLossError as err:
+        last = latest_checkpoint(checkpoint_dir(workdir))
+        raise NonFiniteLossError(f"{err}; training stopped, the last good checkpoint is {last}") from None
+    finally:
+        bar.close()
+        writer.close()
+    return state

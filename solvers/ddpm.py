@@ -1,0 +1,154 @@
+"""Discrete-chain samplers: DDPM ancestral sampling (Ho et al. 2020) and DDIM (Song, Meng & Ermon 2021),
+on the noise levels of the SDE's discretisation (``chain_levels``, also walked by the PC chain predictors)."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+
+from sde_diffusion.discrete import DDPMChain, SMLDChain
+from sde_diffusion.parameterization import noise_from_score
+from sde_diffusion.sde_lib import LinearSDE
+from sde_diffusion.utils import check_positive_int
+
+from .common import ScoreFn, full_time, noise_like, progress_range
+from .registry import register_method
+
+#: DDPM reverse variances σ_k² (Ho et al. 2020, §3.2): the forward β_k or the posterior β̃_k.
+VARIANCES = ("beta", "beta_tilde")
+
+
+@dataclass(frozen=True)
+class Levels:
+    """Levels k = 0..N of an SDE's discretisation, x_k = α_k x_0 + σ_k ε, as float64 Python lists:
+    level 0 is the data (α = 1, σ = 0) and ``t[k]`` is the continuous time of level k (``t[0] = 0``)."""
+
+    alpha: list[float]
+    sigma: list[float]
+    t: list[float]
+
+
+def chain_levels(sde: LinearSDE) -> Levels:
+    """The N + 1 levels of the SDE's discrete chain.
+
+    DDPM chain (VP, cosine VP): α_k = √ᾱ_k, σ_k = √(1 - ᾱ_k) (Ho et al. 2020, eq. 4). SMLD chain (VE):
+    α_k = 1, σ_k = the chain's (k-1)-th noise level (Song & Ermon 2019). No chain (sub-VP): the SDE's own
+    kernel at t_k = k T / N. A chain level's time is the t with the same half log-SNR,
+    t_k = t(λ_k), λ_k = log(α_k / σ_k): for these SDEs equal λ means an equal kernel (α² + σ² = 1 for the VP
+    family, α = 1 for VE), so the exact score at t_k is the exact score of the chain's marginal at level k.
+    t_k is clamped to [0, T]: the DDPM chain's top level lies just beyond the SDE's T
+    (VP: ᾱ_N = e^{-10.12} against ᾱ(1) = e^{-10.05}).
+    """
+    if isinstance(sde.chain, DDPMChain):
+        abar = sde.chain.alphas_cumprod
+        alpha, sigma = abar.sqrt(), (1.0 - abar).sqrt()
+    elif isinstance(sde.chain, SMLDChain):
+        sigma = sde.chain.sigmas
+        alpha = torch.ones_like(sigma)
+    else:
+        t = torch.arange(1, sde.N + 1, dtype=torch.float64) * (sde.T / sde.N)
+        alpha, sigma = sde.alpha(t), sde.sigma(t)
+    t = sde.t_of_lambda(torch.log(alpha) - torch.log(sigma)).clamp(0.0, sde.T)
+    return Levels([1.0] + alpha.tolist(), [0.0] + sigma.tolist(), [0.0] + t.tolist())
+
+
+def strided_levels(n_levels: int, steps: Optional[int], default: int) -> list[int]:
+    """Levels τ_S > ... > τ_1 = 1 > τ_0 = 0 of an S-step run, τ_j evenly spaced over N..1 (Song et al. 2021,
+    §4.2 "linear" selection): the last step goes from level 1 to the data, so it is a Tweedie step from
+    the least noisy level, whatever S (S = N visits every level)."""
+    steps = default if steps is None else steps
+    check_positive_int(steps, "steps")
+    if steps > n_levels:
+        raise ValueError(f"steps must be at most the chain's N = {n_levels} levels, got {steps}")
+    tau = torch.floor(torch.linspace(n_levels, 1, steps, dtype=torch.float64) + 0.5).long().tolist()
+    return tau + [0]
+
+
+def _check_choice(value: object, allowed: tuple[str, ...], name: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
+
+
+@register_method("ddpm", options={"variance": "beta"})
+def ddpm(
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    *,
+    steps: Optional[int],
+    eps: float,
+    generator: Optional[torch.Generator],
+    progress: bool,
+    variance: str,
+) -> torch.Tensor:
+    """Ancestral DDPM sampling (Ho et al. 2020, Alg. 2) on the VP chain, respaced to ``steps`` levels.
+
+    With τ from ``strided_levels`` (default: all N levels), ᾱ = α_{τ_j}², ᾱ' = α_{τ_{j-1}}², the respaced
+    β = 1 - ᾱ/ᾱ' (Nichol & Dhariwal 2021, §4; β = β_k when S = N) and ε̂ = -σ_{τ_j} s:
+      x ← (x - β / √(1 - ᾱ) ε̂) / √(1 - β) + σ z,   σ² = β ("beta") or β̃ = β (1 - ᾱ') / (1 - ᾱ) ("beta_tilde"),
+    with z = 0 on the last step (to ᾱ_0 = 1), which makes it the Tweedie step x̂_0. ``eps`` is unused.
+    """
+    _check_choice(variance, VARIANCES, "variance")
+    if not isinstance(sde.chain, DDPMChain):
+        raise ValueError(f"ddpm needs an SDE with a DDPM chain (vp, cosine_vp); {sde!r} has none: use ddim or pc")
+    lv = chain_levels(sde)
+    tau = strided_levels(sde.N, steps, sde.N)
+    ts, coef, scale, std = [], [], [], []
+    for k, k_next in zip(tau[:-1], tau[1:]):
+        abar, abar_next = lv.alpha[k] ** 2, lv.alpha[k_next] ** 2
+        beta = 1.0 - abar / abar_next
+        var = beta if variance == "beta" else beta * (1.0 - abar_next) / (1.0 - abar)
+        ts.append(lv.t[k])
+        coef.append(beta / math.sqrt(1.0 - abar))
+        scale.append(1.0 / math.sqrt(1.0 - beta))
+        std.append(math.sqrt(var) if k_next > 0 else 0.0)
+    for i in progress_range(len(ts), progress):
+        t = full_time(x, ts[i])
+        eps_hat = noise_from_score(score_fn(x, t), x, lv.alpha[tau[i]], lv.sigma[tau[i]])
+        x = (x - coef[i] * eps_hat) * scale[i]
+        if std[i] > 0:
+            x = x + std[i] * noise_like(x, generator)
+    return x
+
+
+@register_method("ddim", options={"eta": 0.0}, deterministic=True)
+def ddim(
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    *,
+    steps: Optional[int],
+    eps: float,
+    generator: Optional[torch.Generator],
+    progress: bool,
+    eta: float,
+) -> torch.Tensor:
+    """DDIM (Song, Meng & Ermon 2021, eqs. 12 and 16) in (α, σ) form on ``steps`` strided
+    levels (default min(100, N)) of the SDE's chain (VP, cosine VP, VE; sub-VP: its kernel at t = kT/N). From level τ to τ':
+      ε̂ = -σ s,  x̂_0 = (x - σ ε̂) / α,  x ← α' x̂_0 + √(σ'² - c²) ε̂ + c z,
+      c = η σ'/σ √(σ² - (α/α')² σ'²)
+    (VP: c = η √((1-ᾱ')/(1-ᾱ)) √(1 - ᾱ/ᾱ'); VE: the SMLD posterior std). η = 0 is deterministic (no noise is
+    drawn); η = 1 draws its noise as ``ddpm`` with β̃ does, so both give the same trajectory. The last
+    step, to level 0, returns x̂_0. ``eps`` is unused (level 1 plays its part). Deterministic at the default η = 0.
+    """
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {eta}")
+    lv = chain_levels(sde)
+    tau = strided_levels(sde.N, steps, min(100, sde.N))
+    ts, c, dir_coef = [], [], []
+    for k, k_next in zip(tau[:-1], tau[1:]):
+        a, s, a_next, s_next = lv.alpha[k], lv.sigma[k], lv.alpha[k_next], lv.sigma[k_next]
+        noise_std = eta * s_next / s * math.sqrt(max(s**2 - (a / a_next) ** 2 * s_next**2, 0.0))
+        ts.append(lv.t[k])
+        c.append(noise_std)
+        dir_coef.append(math.sqrt(max(s_next**2 - noise_std**2, 0.0)))
+    for i in progress_range(len(ts), progress):
+        a, s, a_next = lv.alpha[tau[i]], lv.sigma[tau[i]], lv.alpha[tau[i + 1]]
+        eps_hat = noise_from_score(score_fn(x, full_time(x, ts[i])), x, a, s)
+        x0 = (x - s * eps_hat) / a
+        x = a_next * x0 + dir_coef[i] * eps_hat
+        if c[i] > 0:
+            x = x + c[i] * noise_like(x, generator)
+    return x

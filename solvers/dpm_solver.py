@@ -1,0 +1,259 @@
+"""DPM-Solver (singlestep, noise prediction) and DPM-Solver++ (multistep and SDE, data prediction).
+
+All updates are exponential integrators of the PF-ODE or reverse SDE written with λ = log(α/σ) and
+h = λ_t - λ_s > 0 for a step s → t (Lu et al. 2022a "DPM-Solver", Lu et al. 2022b "DPM-Solver++"):
+
+    x_t = (α_t/α_s) x_s - σ_t ∫_{λ_s}^{λ_t} e^{λ - λ_t} ... ε̂ dλ          (noise prediction, eq. 3.4 of 2022a)
+    x_t = (σ_t/σ_s) x_s + σ_t ∫_{λ_s}^{λ_t} e^{λ} x̂_0(λ) dλ               (data prediction, eq. 8 of 2022b)
+
+and φ_k are the exponential-integrator functions φ_1(z) = (e^z - 1)/z, φ_{k+1}(z) = (φ_k(z) - 1/k!)/z,
+for which σ_t ∫_0^h e^{λ_s + u} u^k/k! du = α_t h^{k+1} φ_{k+1}(-h).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+
+from sde_diffusion.sde_lib import LinearSDE
+
+from .common import ScoreFn, noise_like, progress_range
+from .registry import register_method
+from .schedules import Node, check_positive_eps, data_prediction, nodes_at_lambda, noise_prediction, schedule_nodes
+
+#: Fixed-grid options every DPM-Solver method takes.
+GRID_OPTIONS = {"schedule": "logsnr", "rho": 7.0, "t_start": None, "denoise": True}
+
+
+def phi(k: int, z: float) -> float:
+    """φ_k(z) = Σ_j z^j/(j+k)! by the recursion φ_{k+1} = (φ_k - 1/k!)/z (the series for |z| < 0.05,
+    where the recursion would cancel)."""
+    if abs(z) < 0.05:
+        return sum(z**j / math.factorial(j + k) for j in range(10))
+    value = math.expm1(z) / z
+    for j in range(1, k):
+        value = (value - 1.0 / math.factorial(j)) / z
+    return value
+
+
+def check_order(order: int, allowed: tuple[int, ...], method: str) -> None:
+    if order not in allowed:
+        raise ValueError(f"order must be one of {allowed} for {method}, got {order!r}")
+
+
+# --- DPM-Solver, singlestep, noise prediction (Lu et al. 2022a) -------------------------------------
+def ddim_update(x: torch.Tensor, s: Node, t: Node, eps_s: torch.Tensor) -> torch.Tensor:
+    """DPM-Solver-1 ≡ DDIM (η = 0): x_t = (α_t/α_s) x_s - σ_t (e^h - 1) ε̂_s (2022a, eq. 4.1)."""
+    return (t.alpha / s.alpha) * x - t.sigma * math.expm1(t.lam - s.lam) * eps_s
+
+
+def dpm_solver_2_update(
+    score_fn: ScoreFn, x: torch.Tensor, s: Node, s1: Node, t: Node
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPM-Solver-2 (2022a, Algorithm 4) with r_1 = (λ_{s1} - λ_s)/h:
+
+        u = DDIM(x_s; s → s1),   x_t = DDIM(x_s; s → t) - σ_t/(2 r_1) (e^h - 1) (ε̂(u, s1) - ε̂_s).
+
+    Returns x_t and the embedded first-order solution DDIM(x_s; s → t) (2 evaluations)."""
+    h = t.lam - s.lam
+    r1 = (s1.lam - s.lam) / h
+    eps_s = noise_prediction(score_fn, x, s)
+    u = ddim_update(x, s, s1, eps_s)
+    low = ddim_update(x, s, t, eps_s)
+    x_t = low - t.sigma / (2 * r1) * math.expm1(h) * (noise_prediction(score_fn, u, s1) - eps_s)
+    return x_t, low
+
+
+def dpm_solver_3_update(
+    score_fn: ScoreFn, x: torch.Tensor, s: Node, s1: Node, s2: Node, t: Node
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DPM-Solver-3 (2022a, Algorithm 5) with r_i = (λ_{si} - λ_s)/h and ψ(z) = (e^z - 1)/z - 1:
+
+        u_1 = DDIM(x_s; s → s1),                              D_1 = ε̂(u_1, s1) - ε̂_s
+        u_2 = DDIM(x_s; s → s2) - σ_{s2} (r_2/r_1) ψ(r_2 h) D_1,  D_2 = ε̂(u_2, s2) - ε̂_s
+        x_t = DDIM(x_s; s → t) - (σ_t/r_2) ψ(h) D_2.
+
+    Returns x_t and the embedded second-order solution DDIM(x_s; s → t) - σ_t/(2 r_1)(e^h - 1) D_1
+    (DPM-Solver-2 with the same r_1, no extra evaluation; 3 evaluations)."""
+    h = t.lam - s.lam
+    r1, r2 = (s1.lam - s.lam) / h, (s2.lam - s.lam) / h
+    eps_s = noise_prediction(score_fn, x, s)
+    d1 = noise_prediction(score_fn, ddim_update(x, s, s1, eps_s), s1) - eps_s
+    u2 = ddim_update(x, s, s2, eps_s) - s2.sigma * (r2 / r1) * r2 * h * phi(2, r2 * h) * d1
+    d2 = noise_prediction(score_fn, u2, s2) - eps_s
+    first = ddim_update(x, s, t, eps_s)
+    x_t = first - (t.sigma / r2) * h * phi(2, h) * d2
+    return x_t, first - t.sigma / (2 * r1) * math.expm1(h) * d1
+
+
+#: Intermediate fractions r of each singlestep order (Lu et al. 2022a, §3.3: r_1 = 1/2; 1/3, 2/3).
+SINGLESTEP_FRACTIONS = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
+
+
+def singlestep_update(
+    score_fn: ScoreFn, x: torch.Tensor, s: Node, mids: list[Node], t: Node
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DPM-Solver step of order len(mids) + 1 (its embedded lower-order solution second)."""
+    if not mids:
+        first = ddim_update(x, s, t, noise_prediction(score_fn, x, s))
+        return first, first
+    if len(mids) == 1:
+        return dpm_solver_2_update(score_fn, x, s, mids[0], t)
+    return dpm_solver_3_update(score_fn, x, s, mids[0], mids[1], t)
+
+
+@register_method("dpm_solver", options={"order": 3, **GRID_OPTIONS}, deterministic=True)
+def dpm_solver(
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    *,
+    steps: Optional[int],
+    eps: float,
+    generator: Optional[torch.Generator],
+    progress: bool,
+    order: int,
+    schedule: str,
+    rho: float,
+    t_start: Optional[float],
+    denoise: bool,
+) -> torch.Tensor:
+    """Singlestep DPM-Solver-1/2/3 on the PF-ODE with noise prediction ε̂ = -σ s (Lu et al. 2022a, Alg. 1, 4, 5).
+
+    ``steps`` steps of order ``order`` (DPM-Solver-1 is DDIM with η = 0); the intermediate times sit
+    at λ_s + r h with r = 1/2 (order 2) or 1/3, 2/3 (order 3). NFE = order · steps (+1 with ``denoise``).
+    """
+    check_order(order, (1, 2, 3), "dpm_solver")
+    check_positive_eps(eps, "dpm_solver")
+    steps = steps or 10
+    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
+    fractions = SINGLESTEP_FRACTIONS[order]
+    lams = [s.lam + r * (t.lam - s.lam) for s, t in zip(grid[:-1], grid[1:]) for r in fractions]
+    mids = nodes_at_lambda(sde, lams) if lams else []
+    k = len(fractions)
+    for i in progress_range(steps, progress):
+        x, _ = singlestep_update(score_fn, x, grid[i], mids[k * i : k * (i + 1)], grid[i + 1])
+    return data_prediction(score_fn, x, grid[-1]) if denoise else x
+
+
+# --- DPM-Solver++, multistep, data prediction (Lu et al. 2022b) -------------------------------------
+def taylor_terms(history: list[tuple[Node, torch.Tensor]]) -> list[torch.Tensor]:
+    """x̂_0 and its λ-derivatives at the newest node from the interpolating polynomial through the
+    last k = len(history) ≤ 3 data predictions (Newton divided differences, newest last):
+
+        p'(λ_0) = f[0,1] + h_0 f[0,1,2],  p''(λ_0) = 2 f[0,1,2],  h_0 = λ_0 - λ_1."""
+    (n0, m0) = history[-1]
+    if len(history) == 1:
+        return [m0]
+    (n1, m1) = history[-2]
+    h0 = n0.lam - n1.lam
+    f01 = (m0 - m1) / h0
+    if len(history) == 2:
+        return [m0, f01]
+    (n2, m2) = history[-3]
+    f012 = (f01 - (m1 - m2) / (n1.lam - n2.lam)) / (n0.lam - n2.lam)
+    return [m0, f01 + h0 * f012, 2 * f012]
+
+
+def multistep_update(x: torch.Tensor, s: Node, t: Node, terms: list[torch.Tensor]) -> torch.Tensor:
+    """DPM-Solver++(kM) step: the interpolating polynomial of x̂_0(λ) integrated exactly,
+
+        x_t = (σ_t/σ_s) x_s + α_t Σ_j h^{j+1} φ_{j+1}(-h) x̂_0^{(j)}(λ_s)
+
+    (Lu et al. 2022b, eq. 9 with the Taylor terms of their 2M / 3M; k = 1 is DDIM in data form)."""
+    h = t.lam - s.lam
+    x_t = (t.sigma / s.sigma) * x
+    for j, term in enumerate(terms):
+        x_t = x_t + t.alpha * h ** (j + 1) * phi(j + 1, -h) * term
+    return x_t
+
+
+def step_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
+    """Per-step order of a multistep method: warm-up 1, 2, ... and, with ``lower_order_final``,
+    orders ≤ steps - i on the last steps (Lu et al. 2022b, §5; k-diffusion #43)."""
+    return [min(order, i + 1, steps - i) if lower_order_final else min(order, i + 1) for i in range(steps)]
+
+
+@register_method("dpm_solver_pp", options={"order": 3, "lower_order_final": True, **GRID_OPTIONS}, deterministic=True)
+def dpm_solver_pp(
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    *,
+    steps: Optional[int],
+    eps: float,
+    generator: Optional[torch.Generator],
+    progress: bool,
+    order: int,
+    lower_order_final: bool,
+    schedule: str,
+    rho: float,
+    t_start: Optional[float],
+    denoise: bool,
+) -> torch.Tensor:
+    """Multistep DPM-Solver++(2M) / (3M) on the PF-ODE with data prediction (Lu et al. 2022b, Alg. 2).
+
+    Each step reuses the last ``order`` data predictions x̂_0 = (x + σ² s)/α (one new evaluation per
+    step). NFE = steps (+1 with ``denoise``, the final x̂_0 at eps).
+    """
+    check_order(order, (1, 2, 3), "dpm_solver_pp")
+    check_positive_eps(eps, "dpm_solver_pp")
+    steps = steps or 20
+    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
+    history: list[tuple[Node, torch.Tensor]] = []
+    for i, k in zip(progress_range(steps, progress), step_orders(steps, order, lower_order_final)):
+        history = (history + [(grid[i], data_prediction(score_fn, x, grid[i]))])[-order:]
+        x = multistep_update(x, grid[i], grid[i + 1], taylor_terms(history[-k:]))
+    return data_prediction(score_fn, x, grid[-1]) if denoise else x
+
+
+# --- SDE-DPM-Solver++(2M), data prediction (Lu et al. 2022b, App. B) --------------------------------
+def sde_multistep_update(
+    x: torch.Tensor, s: Node, t: Node, terms: list[torch.Tensor], z: torch.Tensor
+) -> torch.Tensor:
+    """SDE-DPM-Solver++ step, the reverse SDE integrated exactly in its linear part:
+
+        x_t = (σ_t/σ_s) e^{-h} x_s + 2 α_t ∫_0^h e^{-2(h-u)} p(λ_s + u) du + σ_t √(1 - e^{-2h}) z
+
+    with p the interpolating polynomial of x̂_0: 2∫e^{-2(h-u)} du = 1 - e^{-2h} and
+    2∫e^{-2(h-u)} u du = h - (1 - e^{-2h})/2 (Lu et al. 2022b, eqs. 17-18). Order 1 is DDIM η = 1."""
+    h = t.lam - s.lam
+    decay = -math.expm1(-2 * h)
+    x_t = (t.sigma / s.sigma) * math.exp(-h) * x + t.alpha * decay * terms[0]
+    if len(terms) > 1:
+        x_t = x_t + t.alpha * (h - decay / 2) * terms[1]
+    return x_t + t.sigma * math.sqrt(decay) * z
+
+
+@register_method("sde_dpm_solver_pp", options={"order": 2, "lower_order_final": True, **GRID_OPTIONS})
+def sde_dpm_solver_pp(
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    *,
+    steps: Optional[int],
+    eps: float,
+    generator: Optional[torch.Generator],
+    progress: bool,
+    order: int,
+    lower_order_final: bool,
+    schedule: str,
+    rho: float,
+    t_start: Optional[float],
+    denoise: bool,
+) -> torch.Tensor:
+    """SDE-DPM-Solver++(1) / (2M): a discretisation of the reverse SDE (not an ancestral sampler)
+    with data prediction (Lu et al. 2022b, App. B; diffusers' ``sde-dpmsolver++``).
+
+    NFE = steps (+1 with ``denoise``); ``lower_order_final`` makes the last step first order.
+    """
+    check_order(order, (1, 2), "sde_dpm_solver_pp")
+    check_positive_eps(eps, "sde_dpm_solver_pp")
+    steps = steps or 20
+    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
+    history: list[tuple[Node, torch.Tensor]] = []
+    for i, k in zip(progress_range(steps, progress), step_orders(steps, order, lower_order_final)):
+        history = (history + [(grid[i], data_prediction(score_fn, x, grid[i]))])[-order:]
+        x = sde_multistep_update(x, grid[i], grid[i + 1], taylor_terms(history[-k:]), noise_like(x, generator))
+    return data_prediction(score_fn, x, grid[-1]) if denoise else x

@@ -1,0 +1,155 @@
+"""Time discretisations of the fast solvers: step schedules, nodes (t, α, σ, λ) and the model's
+predictions at a node.
+
+A fast solver walks a decreasing grid t_0 = t_start > t_1 > ... > t_n = eps. Every schedule places
+the nodes uniformly in a warped coordinate u(t), written once for all SDEs through λ(t) = log(α/σ)
+and the "EDM noise level" σ̃ = σ/α = e^{-λ}:
+
+  time_uniform  u = t                                  (DPM-Solver's ``time_uniform``)
+  logsnr        u = λ(t)                               (DPM-Solver's ``logSNR``, Lu et al. 2022, §3.3)
+  karras        u = σ̃(t)^{1/ρ}, ρ = 7 by default       (Karras et al. 2022, eq. 5)
+  quadratic     u = √t                                 (DPM-Solver's ``time_quadratic``)
+
+The grid is computed once in float64 and handed to the solvers as Python floats, so the sampling
+loop does no time-validation syncs.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+
+from sde_diffusion.parameterization import data_from_score, noise_from_score
+from sde_diffusion.registry import Registry
+from sde_diffusion.sde_lib import LinearSDE
+
+from .common import ScoreFn, full_time
+
+#: ``warp(sde, t, rho) -> u`` with u monotone in t; nodes are uniform in u.
+Warp = Callable[[LinearSDE, torch.Tensor, float], torch.Tensor]
+#: Its inverse ``unwarp(sde, u, rho) -> t``.
+Unwarp = Callable[[LinearSDE, torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Nodes uniform in u = warp(t)."""
+
+    warp: Warp
+    unwarp: Unwarp
+
+
+SCHEDULES: Registry[Schedule] = Registry("time-step schedule")
+SCHEDULES.register("time_uniform")(Schedule(lambda sde, t, rho: t, lambda sde, u, rho: u))
+SCHEDULES.register("logsnr")(Schedule(lambda sde, t, rho: sde.lambda_(t), lambda sde, u, rho: sde.t_of_lambda(u)))
+SCHEDULES.register("karras")(
+    Schedule(lambda sde, t, rho: torch.exp(-sde.lambda_(t) / rho), lambda sde, u, rho: sde.t_of_lambda(-rho * torch.log(u)))
+)
+SCHEDULES.register("quadratic")(Schedule(lambda sde, t, rho: t.sqrt(), lambda sde, u, rho: u**2))
+
+
+@dataclass(frozen=True)
+class Node:
+    """A time t with the kernel's α(t), σ(t) and λ(t) = log(α/σ), as Python floats."""
+
+    t: float
+    alpha: float
+    sigma: float
+    lam: float
+
+    @property
+    def sigma_tilde(self) -> float:
+        """The EDM noise level σ/α = e^{-λ} (x/α follows the VE-form PF-ODE in it)."""
+        return self.sigma / self.alpha
+
+
+def nodes(sde: LinearSDE, times: torch.Tensor) -> list[Node]:
+    """The nodes at ``times`` (a 1-D tensor, computed in float64)."""
+    t = times.to(torch.float64)
+    alpha, sigma, lam = sde.alpha(t), sde.sigma(t), sde.lambda_(t)
+    return [Node(*v) for v in zip(t.tolist(), alpha.tolist(), sigma.tolist(), lam.tolist())]
+
+
+def nodes_at_lambda(sde: LinearSDE, lams: list[float] | torch.Tensor) -> list[Node]:
+    """The nodes where λ takes the values ``lams``."""
+    t = sde.t_of_lambda(torch.as_tensor(lams, dtype=torch.float64)).clamp(0.0, sde.T)
+    return nodes(sde, t)
+
+
+def resolve_t_start(sde: LinearSDE, t_start: Optional[float], eps: float) -> float:
+    """``t_start`` (None means T), checked to lie in (eps, T]."""
+    t_start = sde.T if t_start is None else float(t_start)
+    if not eps < t_start <= sde.T:
+        raise ValueError(f"t_start must lie in (eps, T] = ({eps}, {sde.T}], got {t_start}")
+    return t_start
+
+
+def check_positive_eps(eps: float, method: str) -> None:
+    """Exponential integrators need λ(eps) finite, i.e. σ(eps) > 0."""
+    if not eps > 0.0:
+        raise ValueError(f"{method} needs eps > 0 (λ = +inf at σ = 0), got {eps}; use denoise=True to reach σ = 0")
+
+
+def time_steps(
+    sde: LinearSDE, steps: int, eps: float, schedule: str = "logsnr", t_start: Optional[float] = None, rho: float = 7.0
+) -> torch.Tensor:
+    """``steps + 1`` decreasing float64 times from ``t_start`` (None: T) to ``eps``, uniform in the
+    schedule's warped coordinate; the two ends are exact."""
+    if not (isinstance(steps, int) and steps >= 1):
+        raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho must be a finite number > 0, got {rho}")
+    check_positive_eps(eps, f"schedule {schedule!r}")
+    warp = SCHEDULES.get(schedule)
+    t_start = resolve_t_start(sde, t_start, eps)
+    ends = torch.tensor([t_start, eps], dtype=torch.float64)
+    u0, u1 = warp.warp(sde, ends, rho).tolist()
+    t = warp.unwarp(sde, torch.linspace(u0, u1, steps + 1, dtype=torch.float64), rho).clamp(eps, t_start)
+    t[0], t[-1] = t_start, eps
+    return t
+
+
+def schedule_nodes(
+    sde: LinearSDE, steps: int, eps: float, schedule: str, t_start: Optional[float], rho: float
+) -> list[Node]:
+    """The ``steps + 1`` nodes of ``time_steps``."""
+    return nodes(sde, time_steps(sde, steps, eps, schedule, t_start, rho))
+
+
+def data_prediction(score_fn: ScoreFn, x: torch.Tensor, node: Node) -> torch.Tensor:
+    """x̂_0(x, t) = (x + σ² s(x, t)) / α, Tweedie's formula (one score evaluation)."""
+    return data_from_score(score_fn(x, full_time(x, node.t)), x, node.alpha, node.sigma)
+
+
+def noise_prediction(score_fn: ScoreFn, x: torch.Tensor, node: Node) -> torch.Tensor:
+    """ε̂(x, t) = -σ s(x, t) (one score evaluation)."""
+    return noise_from_score(score_fn(x, full_time(x, node.t)), x, node.alpha, node.sigma)
+
+
+def final_spread_ratio(sde: LinearSDE, eps: float, data_scale: float) -> float:
+    """Per-mode spread left by a final denoise at ``eps`` relative to the exact sample.
+
+    For a mode of std s the exact PF-ODE carries x/α to N(μ, s² + σ̃²) at eps; Tweedie maps it to
+    μ + s²/(s² + σ̃²)(x/α - μ), of std s²/√(s² + σ̃²): the ratio is s / √(s² + σ̃(eps)²).
+    """
+    if not data_scale > 0:
+        raise ValueError(f"data_scale must be > 0, got {data_scale}")
+    node = nodes(sde, torch.tensor([eps], dtype=torch.float64))[0]
+    return data_scale / math.hypot(data_scale, node.sigma_tilde)
+
+
+def warn_if_early_denoise(sde: LinearSDE, eps: float, data_scale: float, tolerance: float = 0.01) -> float:
+    """Warn when the last nonzero noise level is not small against the data's fine scale, i.e. when
+    the final denoise would under-disperse the modes by more than ``tolerance``; returns the ratio."""
+    ratio = final_spread_ratio(sde, eps, data_scale)
+    if ratio < 1.0 - tolerance:
+        sigma_tilde = data_scale * math.sqrt(1.0 / ratio**2 - 1.0)
+        warnings.warn(
+            f"the final denoise starts at σ/α = {sigma_tilde:.3g}, not small against the data scale "
+            f"{data_scale:.3g}: it shrinks each mode's spread to {ratio:.2f} of the truth; lower eps",
+            stacklevel=2,
+        )
+    return ratio
