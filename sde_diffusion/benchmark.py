@@ -88,8 +88,8 @@ class Problem:
         are not floored by float32 round-off).
       fine_scale: the data's finest length scale for the noise-level warning (default: the target's
         smallest per-mode standard deviation).
-      log_density: ``x -> log p(x)`` for the ``mean_logp`` column (the true density of an analytic
-        target, or a model's likelihood for a trained checkpoint).
+      log_density: ``x -> log p(x)`` for the ``mean_logp`` column (default: the analytic target's
+        true density; for a trained checkpoint, the model's likelihood), named by log_density_label.
       name: used in reports.
     """
 
@@ -107,6 +107,7 @@ class Problem:
     device: str = "cpu"
     fine_scale: Optional[float] = None
     log_density: Optional[LogDensity] = None
+    log_density_label: str = "true log-density"
     name: str = "problem"
 
     def __post_init__(self) -> None:
@@ -136,6 +137,7 @@ class Problem:
             "seed": self.seed,
             "dtype": str(self.dtype).replace("torch.", ""),
             "fine_scale": self.fine_scale,
+            "mean_logp": self.log_density_label if self.log_density is not None else None,
         }
 
 
@@ -151,7 +153,7 @@ def mixture_problem(
     noise levels σ/α (``sigma_start=80, sigma_end=0.002`` is EDM's) instead of times."""
     for sigma, key in ((sigma_start, "t_start"), (sigma_end, "eps")):
         if sigma is not None:
-            if key in kwargs:
+            if kwargs.get(key) is not None:
                 raise ValueError(f"give either {key} or its noise level, not both")
             kwargs[key] = time_of_noise_level(sde, sigma)
     return Problem(sde=sde, score_fn=target.score_fn(sde), shape=(target.dim,), target=target, **kwargs)

@@ -41,25 +41,18 @@ def _sample(config: ConfigDict, workdir: str) -> None:
 
 @COMMANDS.register("likelihood")
 def _likelihood(config: ConfigDict, workdir: str) -> None:
-    """Log-likelihood of the test set under the trained model (``config.eval``)."""
-    _evaluate_command("likelihood_command")(config, workdir)
+    """Test-set log-likelihood of the trained model (``config.eval``)."""
+    from .evaluate import likelihood_command
+
+    likelihood_command(config, workdir)
 
 
 @COMMANDS.register("bench")
 def _bench(config: ConfigDict, workdir: str) -> None:
     """Sampler benchmark of the trained model (``config.bench``)."""
-    _evaluate_command("bench_command")(config, workdir)
+    from .evaluate import bench_command
 
-
-def _evaluate_command(name: str) -> Command:
-    try:
-        from . import evaluate
-    except ImportError:
-        evaluate = None
-    command = getattr(evaluate, name, None)
-    if command is None:
-        raise app.UsageError(f"'{name.removesuffix('_command')}' arrives with the likelihood issue; it is not available yet")
-    return command
+    bench_command(config, workdir)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -69,7 +62,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
     try:
         return FLAGS(argv)
-    except AttributeError:
+    except (AttributeError, KeyError):
         for arg in argv:
             m = re.match(r"--config\.([\w.]+)", arg)
             if m:

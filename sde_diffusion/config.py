@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import importlib.util
 import inspect
-import json
 import math
 import os
 from typing import Any, Callable, Mapping, Optional
@@ -31,7 +30,7 @@ from ml_collections.config_dict import placeholder
 import solvers
 from solvers.api import GENERAL_FIELDS
 
-from . import datasets, losses, models
+from . import datasets, evaluate, losses, models
 from .sde_lib import SDES, sde_from_config
 from .train import OPTIMIZERS
 
@@ -112,12 +111,13 @@ def sampling_group(method: str, steps: Optional[int] = None, eps: Optional[float
 
 # --- the default config ----------------------------------------------------------------------------
 def get_default_config() -> ml_collections.ConfigDict:
-    """Defaults for every group: a VP SDE and an MLP on the 2-D ring, trained on the CPU."""
+    """Defaults for every group: a VP SDE and a residual MLP on the 2-D ring, trained on the CPU,
+    sampled by predictor–corrector."""
     config = ml_collections.ConfigDict()
     config.seed = 42
     config.device = "cpu"
     config.sde = sde_group("vp")
-    config.model = model_group("mlp")
+    config.model = model_group("mlp", dim=2)
 
     config.training = training = ml_collections.ConfigDict()
     training.batch_size = 512
@@ -156,10 +156,26 @@ def get_default_config() -> ml_collections.ConfigDict:
     data.image_size = 8
     data.num_channels = 1
 
-    config.sampling = sampling_group("euler_maruyama", n_samples=2000)
+    config.sampling = sampling_group("pc", n_samples=2000)
 
-    config.eval = ml_collections.ConfigDict()
-    config.bench = ml_collections.ConfigDict()
+    config.eval = evaluate.eval_config()
+    config.bench = evaluate.bench_config()
+    return config
+
+
+def get_digits_config() -> ml_collections.ConfigDict:
+    """The defaults for scikit-learn's 8×8 digits: a small U-Net, data centred to (-1, 1)."""
+    config = get_default_config()
+    config.data.dataset = "digits"
+    config.model = model_group("unet", image_size=8, num_channels=1, nf=32, ch_mult=(1, 2), num_res_blocks=1, dropout=0.1)
+    config.training.batch_size = 128
+    config.training.n_iters = 2000
+    config.training.ema_rate = 0.999
+    config.training.snapshot_freq = 500
+    config.training.sample_freq = 1000
+    config.training.n_snapshot_samples = 64
+    config.optim.lr = 2e-3
+    config.sampling.n_samples = 64
     return config
 
 
@@ -349,18 +365,3 @@ def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None) -> ml_
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config()")
     return validate(apply_overrides(module.get_config(), overrides or {}))
-
-
-def to_json(config: ml_collections.ConfigDict) -> str:
-    return config.to_json(indent=2, sort_keys=True)
-
-
-def from_json(text: str) -> ml_collections.ConfigDict:
-    """A config from ``to_json`` output (lists become tuples again)."""
-    return ml_collections.ConfigDict(_tuples(json.loads(text)))
-
-
-def _tuples(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _tuples(v) for k, v in obj.items()}
-    return tuple(_tuples(v) for v in obj) if isinstance(obj, list) else obj

@@ -146,45 +146,24 @@ def log_likelihood(
 
 
 # --- discrete data ----------------------------------------------------------------------------------
-def dequantize(
-    levels_idx: torch.Tensor,
-    levels: int,
-    low: float,
-    high: float,
-    generator: Optional[torch.Generator] = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Uniform dequantisation of integer levels k ∈ {0, ..., K-1} into the data range [low, high]:
-    y = low + (high - low) (k + u) / K, u ~ U(0, 1) per dimension (Theis et al. 2016; score_sde's
-    (k + u)/256 for 8-bit images is K = 256 on [0, 1]). Each k owns the cell
-    [low + (high - low) k/K, low + (high - low)(k + 1)/K) of width (high - low)/K."""
-    _check_levels(levels, low, high)
-    if bool(((levels_idx < 0) | (levels_idx >= levels)).any()):
-        raise ValueError(f"levels must be integers in [0, {levels - 1}]")
-    u = torch.rand(levels_idx.shape, generator=generator, device=levels_idx.device, dtype=torch.float64)
-    return (low + (high - low) * (levels_idx.to(torch.float64) + u) / levels).to(dtype)
+def bits_per_dim(logp: torch.Tensor, dim: int, levels: int, scale: float) -> torch.Tensor:
+    """Bits per dimension of K-level data from the log-density (nats) of their dequantised values in
+    model space, where the scaler maps [0, 1] affinely onto model space with slope ``scale``
+    (``datasets``: 2 when centred on [-1, 1], 1 on [0, 1]) and level v owns the bin
+    [v/K, (v + 1)/K) of [0, 1] (dequantisation: a uniform draw over the bin, Theis et al. 2016).
 
-
-def bits_per_dim(logp: torch.Tensor, dim: int, levels: int, low: float, high: float) -> torch.Tensor:
-    """Bits per dimension of discrete data from the log-density (nats) of its dequantised version.
-
-    With y = low + (high - low)(k + u)/K (``dequantize``), the discrete model probability of k is
-    the density integrated over k's cell of volume ((high - low)/K)^D, and by Jensen's inequality
-
-        -log P(k) = -log E_u[p(y) ((high - low)/K)^D] ≤ E_u[-log p(y)] - D log((high - low)/K),
-
-    so bpd = (-log p(y) - D log((high - low)/K)) / (D ln 2) = -log p(y)/(D ln 2) + log2(K/(high - low))
-    is, averaged over u, an upper bound on the discrete code length. The offset log2(K/(high - low))
-    is score_sde's 8 for 8-bit data on [0, 1] and 7 on [-1, 1]; for digits (K = 17) on [-1, 1] it is
-    log2(8.5). Returns (B,).
+    Two exact steps and one bound, per sample of D dimensions:
+      1. back to [0, 1] (the scaler's log-Jacobian): log p_01(y) = log p(x) + D log(scale);
+      2. P(v) = ∫_bin p_01 = K^{-D} E_u[p_01(y)] over the dequantised y, so by Jensen
+         -log P(v) ≤ E_u[-log p_01(y)] - D log K.
+    Hence bpd = (-log p(x) - D log(scale) + D log K)/(D ln 2) = -log p(x)/(D ln 2) + log2(K/scale),
+    an upper bound (averaged over the dequantisation noise) on the code length of v. The offset
+    log2(K/scale) is score_sde's ``7 - inverse_scaler(-1)``: 8 for 8-bit data on [0, 1], 7 on
+    [-1, 1]; for the 17-level digits on [-1, 1] it is log2(8.5) = 3.09. Returns (B,).
     """
-    _check_levels(levels, low, high)
-    check_positive_int(dim, "dim")
-    return -logp / (dim * math.log(2)) + math.log2(levels / (high - low))
-
-
-def _check_levels(levels: int, low: float, high: float) -> None:
     if not isinstance(levels, int) or levels < 2:
         raise ValueError(f"levels must be an integer >= 2, got {levels!r}")
-    if not low < high:
-        raise ValueError(f"need low < high for the data range, got [{low}, {high}]")
+    if not (scale > 0 and math.isfinite(scale)):
+        raise ValueError(f"scale must be a positive number, got {scale}")
+    check_positive_int(dim, "dim")
+    return -logp / (dim * math.log(2)) + math.log2(levels / scale)

@@ -16,13 +16,13 @@ one does not).
 
 Discrete levels are mapped to continuous time by matching the kernel: level k with kernel
 (α_k, σ_k) is evaluated at t_k = t(λ_k), λ_k = log(α_k/σ_k), clamped to T — the convention
-x_t = α(t_k) x_0 + σ(t_k) z then reproduces the chain's perturbation exactly, except for the few
-last DDPM levels whose ᾱ_k lies below α(T)² (4 of 1000 for VP, 1 for cosine VP), which are
-evaluated at T, where x_t is pure noise to within |Δλ| ≤ 0.034 (VP).
+x_t = α(t_k) x_0 + σ(t_k) z then reproduces the chain's perturbation exactly, except for the last
+levels beyond T (4 of 1000 for VP, whose ᾱ_N = Π(1-β_k) < e^{-Σβ_k} = α(T)², |Δλ| ≤ 0.034; the
+last of cosine VP, clipped at β = 0.999; σ_N = σ_max > σ(T) for VE, relative 2e-8), which are
+evaluated at T, where x_t is nearly pure noise either way (α/σ < 0.007 for VP and cosine VP).
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Optional
 
 import torch
@@ -52,6 +52,7 @@ def sigma2_weighting(sde: LinearSDE, t: torch.Tensor) -> torch.Tensor:
 def likelihood_weighting(sde: LinearSDE, t: torch.Tensor) -> torch.Tensor:
     """λ = g²: the weighting whose DSM loss bounds KL(p_0 ‖ p_θ) (Song et al. 2021b, Thm. 1)."""
     return sde.g2(t) / sde.sigma(t) ** 2
+
 
 LOSSES: Registry[Callable[[LinearSDE, Any], PerSampleLoss]] = Registry("loss")
 
@@ -107,7 +108,7 @@ def likelihood_importance_time(
     sde: LinearSDE, n: int, eps: float, generator: Optional[torch.Generator], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """t drawn with density p(t) ∝ g(t)²/σ(t)² on [eps, T], and the importance weight u(t)/p(t)
-    of the uniform density u = 1/(T - eps) (Song et al. 2021b, Sec. 5).
+    of the uniform density u = 1/(T - eps) (the variance reduction of Song et al. 2021b).
 
     For a linear SDE g² = dσ²/dt - 2 f σ², so g²/σ² = d(log σ² - 2 log α)/dt = -2 dλ/dt: the
     proposal is uniform in λ. Hence t = t(λ), λ ~ U(λ(T), λ(eps)), normaliser
@@ -138,7 +139,7 @@ def _dsm(sde: LinearSDE, config: Any) -> PerSampleLoss:
     """Continuous DSM with t ~ U(eps, T), or, for the likelihood weighting with
     ``importance_sampling``, t ~ p(t) ∝ g²/σ² and the importance weight (same expectation)."""
     weighting = _field(config, "weighting", "sigma2")
-    WEIGHTINGS.get(weighting)
+    WEIGHTINGS.get(weighting)  # unknown names fail here, not at the first training step
     importance = bool(_field(config, "importance_sampling", False))
     if importance and weighting != "likelihood":
         raise ValueError(f"importance_sampling needs weighting='likelihood', got weighting={weighting!r}")
@@ -189,7 +190,7 @@ def _ddpm_vlb(sde: LinearSDE, config: Any) -> PerSampleLoss:
 @LOSSES.register("smld")
 def _smld(sde: LinearSDE, config: Any) -> PerSampleLoss:
     """E_{i ~ U{1..N}} σ_i² ‖s(x_0 + σ_i z, σ_i) + z/σ_i‖² over the geometric levels σ_i of the VE
-    chain (Song & Ermon 2019, eq. 5, with λ(σ) = σ²)."""
+    chain (Song & Ermon 2019, eqs. 5–6, with λ(σ) = σ², without their ½)."""
     return _discrete(sde, config, "smld", SMLDChain, vlb=False)
 
 

@@ -16,7 +16,7 @@ def scatter_figure(panels: Sequence[tuple[str, torch.Tensor]], lim: Optional[flo
     """Side-by-side scatter plots of 2-D point sets, one panel per (title, points)."""
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
     for ax, (title, pts) in zip(axes[0], panels):
-        p = pts.detach().cpu().reshape(pts.shape[0], -1)[:, :2]
+        p = pts.detach().cpu().reshape(pts.shape[0], -1)[:, :2].numpy()
         ax.scatter(p[:, 0], p[:, 1], s=1, alpha=0.5)
         ax.set_title(title)
         ax.set_aspect("equal")

@@ -16,6 +16,7 @@ weights as an uninterrupted one (bit for bit on the CPU).
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 from dataclasses import dataclass
@@ -153,21 +154,22 @@ def train_step(state: TrainState, loss_fn: losses.LossFn, batch: torch.Tensor, o
     n = state.step + 1
     state.model.train()
     loss = loss_fn(state.model, batch, generator=state.noise_generator)
-    if not bool(torch.isfinite(loss)):
-        raise NonFiniteLossError(f"the loss is {float(loss)} at step {n}")
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NonFiniteLossError(f"the loss is {value} at step {n}")
     state.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     max_norm = optim.grad_clip if optim.grad_clip > 0 else float("inf")
     grad_norm = float(nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
-    if not np.isfinite(grad_norm):
-        raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {n} (loss {float(loss)})")
+    if not math.isfinite(grad_norm):
+        raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {n} (loss {value})")
     lr = learning_rate(n, optim)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.step()
     state.ema.update(state.model)
     state.step = n
-    return float(loss.detach()), grad_norm, lr
+    return value, grad_norm, lr
 
 
 def log_samples(writer: SummaryWriter, state: TrainState, config: ConfigDict, workdir: str, sde: Any) -> None:
@@ -221,7 +223,8 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
                 log_samples(writer, state, config, workdir, sde)
     except NonFiniteLossError as err:
         last = latest_checkpoint(checkpoint_dir(workdir))
-        raise NonFiniteLossError(f"{err}; training stopped, the last good checkpoint is {last}") from None
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
+        raise NonFiniteLossError(f"{err}; training stopped, {kept}") from None
     finally:
         bar.close()
         writer.close()

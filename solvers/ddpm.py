@@ -54,24 +54,35 @@ def chain_levels(sde: LinearSDE) -> Levels:
     return Levels([1.0] + alpha.tolist(), [0.0] + sigma.tolist(), [0.0] + t.tolist())
 
 
-def strided_levels(n_levels: int, steps: Optional[int], default: int) -> list[int]:
-    """Levels τ_S > ... > τ_1 = 1 > τ_0 = 0 of an S-step run, τ_j evenly spaced over N..1 (Song et al. 2021,
-    §4.2 "linear" selection): the last step goes from level 1 to the data, so it is a Tweedie step from
-    the least noisy level, whatever S (S = N visits every level)."""
-    steps = default if steps is None else steps
-    check_positive_int(steps, "steps")
-    if steps > n_levels:
-        raise ValueError(f"steps must be at most the chain's N = {n_levels} levels, got {steps}")
-    tau = torch.floor(torch.linspace(n_levels, 1, steps, dtype=torch.float64) + 0.5).long().tolist()
-    return tau + [0]
-
-
 def _check_choice(value: object, allowed: tuple[str, ...], name: str) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
 
 
-@register_method("ddpm", options={"variance": "beta"})
+#: Level selections τ for fewer steps than levels (Song, Meng & Ermon 2021, App. D.2): evenly spaced in
+#: k, or in √k (denser near the data; for VP, whose levels are evenly spaced in t, much the better).
+STRIDES = ("linear", "quadratic")
+
+
+def strided_levels(n_levels: int, steps: Optional[int], default: int, stride: str) -> list[int]:
+    """Levels τ_S > ... > τ_1 = 1 > τ_0 = 0 of an S-step run over the chain's levels N..1, spaced evenly
+    in k ("linear") or in √k ("quadratic", rounded, then pushed up where rounding repeats a level). The
+    last step goes from level 1 to the data, a Tweedie step from the least noisy level whatever S;
+    S = N visits every level."""
+    _check_choice(stride, STRIDES, "stride")
+    steps = default if steps is None else steps
+    check_positive_int(steps, "steps")
+    if steps > n_levels:
+        raise ValueError(f"steps must be at most the chain's N = {n_levels} levels, got {steps}")
+    power = 1 if stride == "linear" else 2
+    u = torch.linspace(n_levels ** (1 / power), 1, steps, dtype=torch.float64) ** power
+    tau = torch.floor(u + 0.5).long().tolist()
+    for j in range(steps - 2, -1, -1):
+        tau[j] = max(tau[j], tau[j + 1] + 1)
+    return tau + [0]
+
+
+@register_method("ddpm", options={"variance": "beta", "stride": "quadratic"})
 def ddpm(
     sde: LinearSDE,
     score_fn: ScoreFn,
@@ -82,6 +93,7 @@ def ddpm(
     generator: Optional[torch.Generator],
     progress: bool,
     variance: str,
+    stride: str,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Alg. 2) on the VP chain, respaced to ``steps`` levels.
 
@@ -92,9 +104,9 @@ def ddpm(
     """
     _check_choice(variance, VARIANCES, "variance")
     if not isinstance(sde.chain, DDPMChain):
-        raise ValueError(f"ddpm needs an SDE with a DDPM chain (vp, cosine_vp); {sde!r} has none: use ddim or pc")
+        raise ValueError(f"ddpm needs an SDE with a DDPM chain (vp, cosine_vp), got {sde!r}: use ddim or pc")
     lv = chain_levels(sde)
-    tau = strided_levels(sde.N, steps, sde.N)
+    tau = strided_levels(sde.N, steps, sde.N, stride)
     ts, coef, scale, std = [], [], [], []
     for k, k_next in zip(tau[:-1], tau[1:]):
         abar, abar_next = lv.alpha[k] ** 2, lv.alpha[k_next] ** 2
@@ -113,7 +125,7 @@ def ddpm(
     return x
 
 
-@register_method("ddim", options={"eta": 0.0}, deterministic=True)
+@register_method("ddim", options={"eta": 0.0, "stride": "quadratic"}, deterministic=True)
 def ddim(
     sde: LinearSDE,
     score_fn: ScoreFn,
@@ -124,6 +136,7 @@ def ddim(
     generator: Optional[torch.Generator],
     progress: bool,
     eta: float,
+    stride: str,
 ) -> torch.Tensor:
     """DDIM (Song, Meng & Ermon 2021, eqs. 12 and 16) in (α, σ) form on ``steps`` strided
     levels (default min(100, N)) of the SDE's chain (VP, cosine VP, VE; sub-VP: its kernel at t = kT/N). From level τ to τ':
@@ -136,7 +149,7 @@ def ddim(
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     lv = chain_levels(sde)
-    tau = strided_levels(sde.N, steps, min(100, sde.N))
+    tau = strided_levels(sde.N, steps, min(100, sde.N), stride)
     ts, c, dir_coef = [], [], []
     for k, k_next in zip(tau[:-1], tau[1:]):
         a, s, a_next, s_next = lv.alpha[k], lv.sigma[k], lv.alpha[k_next], lv.sigma[k_next]

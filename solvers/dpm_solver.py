@@ -212,18 +212,18 @@ def dpm_solver_pp(
 def sde_multistep_update(
     x: torch.Tensor, s: Node, t: Node, terms: list[torch.Tensor], z: torch.Tensor
 ) -> torch.Tensor:
-    """SDE-DPM-Solver++ step, the reverse SDE integrated exactly in its linear part:
+    """SDE-DPM-Solver++(2M) step (Lu et al. 2022b, App. B), exact in the linear part of the reverse SDE:
 
-        x_t = (σ_t/σ_s) e^{-h} x_s + 2 α_t ∫_0^h e^{-2(h-u)} p(λ_s + u) du + σ_t √(1 - e^{-2h}) z
+        x_t = (σ_t/σ_s) e^{-h} x_s + α_t (1 - e^{-2h}) D + σ_t √(1 - e^{-2h}) z,
+        D = x̂_0 + (h/2) x̂_0' = (1 + 1/(2r)) m_0 - 1/(2r) m_1,  r = h_prev/h   (midpoint form).
 
-    with p the interpolating polynomial of x̂_0: 2∫e^{-2(h-u)} du = 1 - e^{-2h} and
-    2∫e^{-2(h-u)} u du = h - (1 - e^{-2h})/2 (Lu et al. 2022b, eqs. 17-18). Order 1 is DDIM η = 1."""
+    With ``terms`` = [x̂_0] it is the first-order step (DDIM with η = 1, the exact posterior step of a
+    point mass). The midpoint weight (1 - e^{-2h}) h/2 on x̂_0' is smaller than the Taylor weight
+    h - (1 - e^{-2h})/2 and amplifies the injected noise carried by m_0 - m_1 less."""
     h = t.lam - s.lam
     decay = -math.expm1(-2 * h)
-    x_t = (t.sigma / s.sigma) * math.exp(-h) * x + t.alpha * decay * terms[0]
-    if len(terms) > 1:
-        x_t = x_t + t.alpha * (h - decay / 2) * terms[1]
-    return x_t + t.sigma * math.sqrt(decay) * z
+    denoised = terms[0] + h / 2 * terms[1] if len(terms) > 1 else terms[0]
+    return (t.sigma / s.sigma) * math.exp(-h) * x + t.alpha * decay * denoised + t.sigma * math.sqrt(decay) * z
 
 
 @register_method("sde_dpm_solver_pp", options={"order": 2, "lower_order_final": True, **GRID_OPTIONS})

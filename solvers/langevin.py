@@ -44,7 +44,7 @@ def ald_step_size(sigma: float, snr: float, alpha: float) -> float:
 
 @register_method(
     "annealed_langevin",
-    options={"n_steps_each": 10, "step_lr": 2e-4, "sigma_min": 0.01, "sigma_max": None, "denoise": True},
+    options={"n_steps_each": 10, "step_lr": 1e-4, "sigma_min": 0.01, "sigma_max": None, "denoise": True},
 )
 def annealed_langevin(
     sde: LinearSDE,

@@ -116,10 +116,11 @@ def test_get_score_fn_follows_the_documented_convention(sde_name, parameterizati
 @pytest.mark.parametrize("sde_name", ALL_SDES)
 def test_network_input_has_unit_variance(sde_name, gen):
     """c_in = 1/√(α² σ_data² + σ²) with σ_data the data RMS makes E[x_in²] = 1 at every t for every
-    SDE (x_t = α x_0 + σ z with z independent of x_0). The mean of n = 40000 squares of a 2-D
-    input (80000 numbers, per-number variance of the square ≲ 2·(max kurtosis factor 1.6)) has
-    standard error ≲ 0.008; tolerance 0.04 (5 SE). Without c_in the VE input at t = 1 would have
-    mean square ≈ 2500."""
+    SDE (x_t = α x_0 + σ z with z independent of x_0). σ_data is the RMS of the same 40000 points,
+    so only z fluctuates: x_in² per number has variance ≤ 2 (its kurtosis is at most the
+    Gaussian's 3), and counting the two coordinates of a point as one observation the standard
+    error of the mean is ≤ √(2/40000) = 0.007; tolerance 0.04 (5.7 SE). Without c_in the VE input
+    at t = 1 would have mean square ≈ 2500."""
     sde = get_sde(sde_name)
     x0 = ring().sample(40000, gen, dtype=torch.float64)
     rms = float(x0.pow(2).mean().sqrt())

@@ -37,11 +37,13 @@ MODELS: Registry[type["ScoreNetwork"]] = Registry("model")
 
 
 class ScoreNetwork(nn.Module):
-    """Base class of the networks: stores and validates the two fields ``get_score_fn`` reads."""
+    """Base class of the networks: ``forward(x_in, c_noise)`` maps the preconditioned input and the
+    ``(B,)`` noise levels to an output of x_in's shape, of kind ``parameterization``; the base class
+    stores and validates the two fields ``get_score_fn`` reads."""
 
     def __init__(self, parameterization: str = "noise", sigma_data: float = 0.5) -> None:
         super().__init__()
-        PARAMETERIZATIONS.get(parameterization)
+        PARAMETERIZATIONS.get(parameterization)  # unknown names raise ValueError listing the known
         if not (isinstance(sigma_data, (int, float)) and math.isfinite(sigma_data) and sigma_data > 0):
             raise ValueError(f"sigma_data must be a positive number, got {sigma_data!r}")
         self.parameterization = parameterization
@@ -67,21 +69,27 @@ def create_model(model_config: Any) -> ScoreNetwork:
         raise ValueError(f"bad arguments for model {name!r}: {err}") from None
 
 
+def network_inputs(
+    sde: LinearSDE, x: torch.Tensor, t: torch.Tensor, sigma_data: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(c_in x, c_noise, α, σ)`` at time t, in x's dtype, with c_in and c_noise of the module docstring."""
+    t = batch_time(t, x)
+    log_alpha, sigma = sde.log_alpha(t), sde.sigma(t)
+    alpha = torch.exp(log_alpha)
+    c_in = torch.rsqrt(alpha**2 * sigma_data**2 + sigma**2).to(x.dtype)
+    c_noise = (torch.log(sigma) - log_alpha).to(x.dtype)
+    return append_dims(c_in, x.ndim) * x, c_noise, alpha.to(x.dtype), sigma.to(x.dtype)
+
+
 def get_score_fn(sde: LinearSDE, model: nn.Module) -> ScoreFn:
     """``score_fn(x, t)`` of ``model`` under ``sde`` with the preconditioning of the module docstring.
 
     Gradients are not touched: training calls it with grad, samplers under ``torch.no_grad``.
     """
     to_score = PARAMETERIZATIONS.get(model.parameterization).to_score
-    sigma_data2 = model.sigma_data**2
 
     def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = batch_time(t, x)
-        log_alpha, sigma = sde.log_alpha(t), sde.sigma(t)
-        alpha = torch.exp(log_alpha)
-        c_in = torch.rsqrt(alpha**2 * sigma_data2 + sigma**2).to(x.dtype)
-        c_noise = (torch.log(sigma) - log_alpha).to(x.dtype)
-        out = model(append_dims(c_in, x.ndim) * x, c_noise)
-        return to_score(out, x, alpha.to(x.dtype), sigma.to(x.dtype))
+        x_in, c_noise, alpha, sigma = network_inputs(sde, x, t, model.sigma_data)
+        return to_score(model(x_in, c_noise), x, alpha, sigma)
 
     return score_fn

@@ -1,0 +1,236 @@
+"""The ``likelihood`` and ``bench`` commands of the CLI and the config groups they read.
+
+``python -m sde_diffusion likelihood --config ... --workdir ...`` prints the test NLL of the trained
+run in nats and bits/dim with standard errors and NFE (``likelihood_command``);
+``python -m sde_diffusion bench ...`` runs the step-count benchmark on it (``bench_command``). The
+work is done by ``evaluate_likelihood`` and ``sde_diffusion.benchmark``, which take any score
+function, so the exact scores of analytic mixtures exercise the same code.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Any, Optional
+
+import ml_collections
+import torch
+from ml_collections.config_dict import placeholder
+
+from solvers.common import ScoreFn
+
+from .benchmark import NFE_GRID, TOLERANCES, Benchmark, BenchmarkResult, Problem, time_of_noise_level, write_report
+from .elbo import vlb
+from .likelihood import bits_per_dim, log_likelihood
+from .sde_lib import LinearSDE
+from .targets import ring
+
+#: Toy data sets that are analytic mixtures: the benchmark adds mode, spread and true-density columns.
+ANALYTIC_TARGETS = {"ring": ring}
+
+
+def eval_config() -> ml_collections.ConfigDict:
+    """``config.eval``: the ``likelihood`` command's settings.
+
+    batch_size, n_samples: test points per ODE solve, and how many test points (the first ones);
+    trace, n_probes, probe, rtol, atol, method, eps: ``likelihood.log_likelihood``'s arguments;
+    dequant_repeats: dequantisation draws per test point of quantised data (averaged per point);
+    elbo: also report the DDPM bound (SDEs with a DDPM chain); elbo_terms: its diffusion terms per
+      sample (None: all N, exact sum; m: unbiased Monte-Carlo estimate from m terms).
+    """
+    return ml_collections.ConfigDict(
+        {
+            "batch_size": 500,
+            "n_samples": 2000,
+            "trace": "exact",
+            "n_probes": 1,
+            "probe": "rademacher",
+            "rtol": 1e-5,
+            "atol": 1e-5,
+            "method": "dopri5",
+            "eps": 1e-5,
+            "dequant_repeats": 1,
+            "elbo": False,
+            "elbo_terms": placeholder(int),
+        }
+    )
+
+
+def bench_config() -> ml_collections.ConfigDict:
+    """``config.bench``: the ``bench`` command's settings.
+
+    methods: method specs (``"name"`` or ``"name:key=value,..."``; empty: all registered methods);
+    nfe_grid, tolerances: the fixed-step and adaptive sweeps; n_samples: samples per row;
+    sigma_start, sigma_end: the interval as noise levels σ/α (None: from T, and to ``eps``);
+    eps: end time when sigma_end is None (None: the SDE's default); denoise: final Tweedie step;
+    fine_scale: the data's finest scale for the noise-level warning (None: the analytic target's, or
+      the bin width of quantised data); reference_tol: tolerance of the reference PF-ODE solution;
+    nll_samples: samples per row whose model log-likelihood is reported (0: off; each costs an ODE
+      solve with ``config.eval``'s settings).
+    """
+    return ml_collections.ConfigDict(
+        {
+            "methods": (),
+            "nfe_grid": NFE_GRID,
+            "tolerances": TOLERANCES,
+            "n_samples": 4000,
+            "sigma_start": placeholder(float),
+            "sigma_end": placeholder(float),
+            "eps": placeholder(float),
+            "denoise": True,
+            "fine_scale": placeholder(float),
+            "reference_tol": 1e-10,
+            "nll_samples": 0,
+        }
+    )
+
+
+# --- likelihood -------------------------------------------------------------------------------------
+def evaluate_likelihood(
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    data: torch.Tensor,
+    *,
+    levels: Optional[int] = None,
+    low: float = 0.0,
+    high: float = 1.0,
+    batch_size: int = 500,
+    repeats: int = 1,
+    seed: int = 0,
+    elbo: bool = False,
+    elbo_terms: Optional[int] = None,
+    **ode_options: Any,
+) -> dict[str, float]:
+    """Mean test NLL of ``data`` through the PF-ODE (``log_likelihood`` with ``ode_options``).
+
+    Quantised data (``levels`` bins tiling [low, high], values at the bin centres) are dequantised
+    uniformly over their bins (``datasets.dequantize``) ``repeats`` times and reported in bits/dim of the discrete data
+    (``bits_per_dim``); continuous data in bits/dim of the density, -log p/(D ln 2). Standard errors
+    are over test points (of each point's mean over repeats). With ``elbo`` the DDPM bound
+    (``elbo.vlb``) of the undequantised data is reported too: a bound on the same discrete NLL (the
+    discretised decoder integrates over the same bins), or on the density.
+    """
+    from .datasets import dequantize
+
+    g = torch.Generator(device=data.device).manual_seed(seed)
+    dim = data[0].numel()
+    batches = [data[s : s + batch_size] for s in range(0, data.shape[0], batch_size)]
+    report: dict[str, float] = {"n": data.shape[0], "dim": dim}
+    if elbo:
+        bound = torch.cat([vlb(sde, score_fn, b, levels=levels, low=low, high=high, n_terms=elbo_terms, generator=g).nll for b in batches])
+        bound = bound.detach().cpu().to(torch.float64)
+        report.update(_summary("elbo_nll", bound), **_summary("elbo_bpd", bound / (dim * math.log(2))))
+    width = (high - low) / levels if levels is not None else 0.0
+    repeats = repeats if levels is not None else 1
+    nll, nfe = torch.zeros(data.shape[0], dtype=torch.float64), []
+    for _ in range(repeats):
+        logps = []
+        for batch in batches:
+            logp, _, calls = log_likelihood(sde, score_fn, dequantize(batch, width, g), generator=g, **ode_options)
+            logps.append(logp.detach().cpu().to(torch.float64))
+            nfe.append(calls)
+        nll -= torch.cat(logps) / repeats
+    bpd = bits_per_dim(-nll, dim, levels, high - low) if levels is not None else nll / (dim * math.log(2))
+    report.update(_summary("nll", nll), **_summary("bpd", bpd), nfe=sum(nfe) / len(nfe))
+    return report
+
+
+def _summary(name: str, values: torch.Tensor) -> dict[str, float]:
+    """Mean and its standard error over test points."""
+    se = float(values.std() / math.sqrt(values.numel())) if values.numel() > 1 else math.nan
+    return {name: float(values.mean()), f"{name}_se": se}
+
+
+def format_likelihood(report: dict[str, float]) -> str:
+    lines = [
+        f"test NLL over {report['n']} points (D = {report['dim']}): {report['nll']:.4f} ± {report['nll_se']:.4f} nats,"
+        f" {report['bpd']:.4f} ± {report['bpd_se']:.4f} bits/dim; {report['nfe']:.1f} NFE per batch"
+    ]
+    if "elbo_nll" in report:
+        lines.append(
+            f"DDPM bound: {report['elbo_nll']:.4f} ± {report['elbo_nll_se']:.4f} nats, {report['elbo_bpd']:.4f} ± {report['elbo_bpd_se']:.4f} bits/dim"
+        )
+    return "\n".join(lines)
+
+
+def _data_range(data_config: Any) -> tuple[Optional[int], float, float]:
+    """(K, low, high) of quantised data in model space, (None, 0, 1) for continuous data."""
+    from . import datasets
+
+    width = datasets.bin_width(data_config)
+    if width == 0.0:
+        return None, 0.0, 1.0
+    scaler = datasets.get_scaler(data_config)
+    low, high = (float(scaler(torch.tensor(v))) for v in (0.0, 1.0))
+    return round((high - low) / width), low, high
+
+
+def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Test NLL of the trained run in ``workdir`` (``config.eval``); printed and written to
+    ``workdir/eval/likelihood.json``."""
+    from . import datasets
+    from .run import load_score_fn
+
+    sde, score_fn = load_score_fn(config, workdir)
+    e = config.eval
+    test = datasets.get_dataset(config.data)[1][: e.n_samples].to(config.device)
+    levels, low, high = _data_range(config.data)
+    report = evaluate_likelihood(
+        sde, score_fn, test, levels=levels, low=low, high=high, batch_size=e.batch_size, repeats=e.dequant_repeats,
+        seed=config.seed, elbo=e.elbo, elbo_terms=e.elbo_terms, trace=e.trace, n_probes=e.n_probes, probe=e.probe,
+        rtol=e.rtol, atol=e.atol, method=e.method, eps=e.eps,
+    )
+    print(format_likelihood(report))
+    os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
+    with open(os.path.join(workdir, "eval", "likelihood.json"), "w", encoding="utf-8") as fh:
+        json.dump(report, fh, indent=2)
+    return report
+
+
+# --- benchmark --------------------------------------------------------------------------------------
+def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkResult:
+    """The step-count benchmark on the trained run in ``workdir`` (``config.bench``); the report goes
+    to ``workdir/bench/``. True samples are the test set; the data set's analytic mixture, if it has
+    one, adds the mode, spread and true-density columns."""
+    from . import datasets
+    from .run import load_score_fn
+
+    sde, score_fn = load_score_fn(config, workdir)
+    b = config.bench
+    test = datasets.get_dataset(config.data)[1].to(config.device)
+    target = ANALYTIC_TARGETS[config.data.dataset]() if config.data.dataset in ANALYTIC_TARGETS else None
+    width = datasets.bin_width(config.data)
+    problem = Problem(
+        sde=sde,
+        score_fn=score_fn,
+        shape=tuple(test.shape[1:]),
+        target=target,
+        true_samples=test[: b.n_samples],
+        t_start=None if b.sigma_start is None else time_of_noise_level(sde, b.sigma_start),
+        eps=b.eps if b.sigma_end is None else time_of_noise_level(sde, b.sigma_end),
+        denoise=b.denoise,
+        n=b.n_samples,
+        seed=config.seed,
+        dtype=torch.float32,
+        device=config.device,
+        fine_scale=b.fine_scale if b.fine_scale is not None else (width or None),
+        log_density=_model_log_density(sde, score_fn, config) if b.nll_samples > 0 else None,
+        log_density_label="model log-likelihood (PF-ODE)" if b.nll_samples > 0 else "true log-density",
+        name=f"{config.data.dataset}, {config.sde.name}, {os.path.basename(os.path.normpath(workdir))}",
+    )
+    result = Benchmark(problem, reference_tol=b.reference_tol).sweep(list(b.methods) or None, nfe_grid=b.nfe_grid, tolerances=b.tolerances, log=print)
+    for path in write_report(result, os.path.join(workdir, "bench")).values():
+        print(f"  wrote {path}")
+    return result
+
+
+def _model_log_density(sde: LinearSDE, score_fn: ScoreFn, config: ml_collections.ConfigDict):
+    """``x -> log p_model(x)`` on the first ``bench.nll_samples`` of x (PF-ODE, ``config.eval``)."""
+    e, k = config.eval, config.bench.nll_samples
+
+    def log_density(x: torch.Tensor) -> torch.Tensor:
+        g = torch.Generator(device=x.device).manual_seed(config.seed)
+        opts = dict(trace=e.trace, n_probes=e.n_probes, probe=e.probe, rtol=e.rtol, atol=e.atol, method=e.method, eps=e.eps)
+        return log_likelihood(sde, score_fn, x[:k], generator=g, **opts)[0]
+
+    return log_density
