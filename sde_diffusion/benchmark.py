@@ -51,6 +51,8 @@ TOLERANCE_OPTIONS = ("rtol", "atol", "eps_rel", "eps_abs")
 SPREAD_TOLERANCE = 0.01
 #: Step counts of the two probe runs that measure nfe(steps) = a + b·steps.
 PROBE_STEPS = (10, 20)
+#: Default cap on the score evaluations of one run (twice the grid's largest NFE).
+MAX_NFE = 2 * max(NFE_GRID)
 
 LogDensity = Callable[[torch.Tensor], torch.Tensor]
 
@@ -163,10 +165,10 @@ def noise_level_warning(problem: Problem) -> Optional[str]:
     """A warning when the last nonzero noise level σ/α (at eps, where every grid ends) is not small
     against the data's fine scale s.
 
-    A final denoise returns E[x_0 | x] at σ/α = σ, which shrinks a mode of std s by s²/(s² + σ²)
-    while the exact ODE leaves it at s √(s² + σ²)/s² of that; the sample spread is therefore
-    s/√(s² + σ²) of the truth (anchor-fast-solvers §6.3(c): diffusers' defaults, σ ≈ 0.08–0.17
-    against s = 0.1, give 0.63–0.77). Without a final denoise the spread is √(s² + σ²)/s instead.
+    At σ/α = σ the exact flow has spread a mode of std s to √(s² + σ²); the final denoise
+    E[x_0 | x] multiplies offsets from the mode by s²/(s² + σ²), leaving std s²/√(s² + σ²), i.e. a
+    spread ratio s/√(s² + σ²) (anchor-fast-solvers §6.3(c): diffusers' defaults, σ ≈ 0.08–0.17
+    against s = 0.1, give 0.63–0.77). Without a final denoise the ratio is √(s² + σ²)/s instead.
     """
     if problem.fine_scale is None or problem.eps == 0.0:
         return None
@@ -236,7 +238,7 @@ def quality(
 ) -> dict[str, float]:
     """Quality of samples x: distance to the matched ``reference`` (median, RMS, mode switches),
     energy distance to ``true_samples``, and for an analytic ``target`` the mode-weight TV, spread
-    ratio and off-manifold fraction (``metrics.summarize``); ``mean_logp`` from ``log_density``."""
+    ratio and off-manifold fraction; ``mean_logp`` from ``log_density``."""
     out: dict[str, float] = {}
     if reference is not None:
         dist = metrics.distance_to_reference(x, reference)
@@ -246,8 +248,9 @@ def quality(
     if true_samples is not None:
         out["energy"] = metrics.energy_distance(x, true_samples)
     if target is not None:
-        summary = metrics.summarize(target, x)
-        out.update(mode_tv=summary["mode_tv"], spread=summary["spread"], off_manifold=summary["off_manifold"])
+        out["mode_tv"] = metrics.mode_weight_tv(target, x)
+        out["spread"] = metrics.spread_ratio(target, x)
+        out["off_manifold"] = metrics.off_manifold_fraction(target, x)
     if log_density is not None:
         out["mean_logp"] = float(log_density(x).mean())
     return out
@@ -286,6 +289,24 @@ class BenchmarkResult:
     warnings: list[str] = field(default_factory=list)
 
 
+class NFEBudgetExceeded(RuntimeError):
+    """A run needed more score evaluations than the benchmark allows (an adaptive method at a tight
+    tolerance); the run is abandoned and recorded as skipped."""
+
+
+class BudgetedScore(CountedScore):
+    """A counted score that raises ``NFEBudgetExceeded`` on the call past ``budget``."""
+
+    def __init__(self, score_fn: ScoreFn, budget: int) -> None:
+        super().__init__(score_fn)
+        self.budget = budget
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        if self.nfe >= self.budget:
+            raise NFEBudgetExceeded(f"stopped after {self.budget} score evaluations (max_nfe)")
+        return super().__call__(x, t)
+
+
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     """``"name"`` or ``"name:key=value,key=value"`` (values as Python literals, else strings) ->
     (name, options), e.g. ``"euler_maruyama:probability_flow=True"``."""
@@ -311,8 +332,11 @@ class Benchmark:
     """A problem with its matched latents, reference solution and true samples (each computed once
     on first use), and the runs over it."""
 
-    def __init__(self, problem: Problem, *, reference_tol: float = 1e-10, reference_method: str = "dopri5") -> None:
+    def __init__(
+        self, problem: Problem, *, reference_tol: float = 1e-10, reference_method: str = "dopri5", max_nfe: int = MAX_NFE
+    ) -> None:
         self.problem = problem
+        self.max_nfe = max_nfe
         self.reference_tol = reference_tol
         self.reference_method = reference_method
         self.reference_nfe: Optional[int] = None
@@ -362,8 +386,8 @@ class Benchmark:
     def _sample(self, spec: str, x_T: torch.Tensor, steps: Optional[int], tol: Optional[float], seed: int) -> tuple[torch.Tensor, int]:
         name, variant = parse_method(spec)
         g = torch.Generator(device=x_T.device).manual_seed(seed)
-        p = self.problem
-        return solvers.sample(p.sde, p.score_fn, x_T.shape, name, steps=steps, eps=p.eps, x_T=x_T, generator=g, **self.options(name, variant, tol))
+        p, score = self.problem, BudgetedScore(self.problem.score_fn, self.max_nfe)
+        return solvers.sample(p.sde, score, x_T.shape, name, steps=steps, eps=p.eps, x_T=x_T, generator=g, **self.options(name, variant, tol))
 
     def is_deterministic(self, spec: str, tol: Optional[float] = None) -> bool:
         """Measured: two runs on a small batch from the same latents with different generators
@@ -418,7 +442,10 @@ class Benchmark:
     ) -> BenchmarkResult:
         """Every method (default: all of ``solvers.available()``) over the NFE grid, or over the
         tolerances for adaptive ones. A method or setting that raises ``ValueError`` (e.g. it cannot
-        start at t_start, or needs more steps) is recorded in ``skipped`` with the message."""
+        start at t_start, or needs more steps) or needs more than ``max_nfe`` score evaluations is
+        recorded in ``skipped`` with the message."""
+        if not (nfe_grid and tolerances):
+            raise ValueError(f"need a non-empty NFE grid and tolerance list, got {list(nfe_grid)} and {list(tolerances)}")
         specs = list(methods) if methods is not None else solvers.METHODS.names()
         for spec in specs:
             solvers.METHODS.get(parse_method(spec)[0])  # unknown names fail before any run
@@ -436,20 +463,24 @@ class Benchmark:
         return result
 
     def _sweep_method(self, spec: str, nfe_grid: Sequence[int], tolerances: Sequence[float], result: BenchmarkResult) -> list[Row]:
+        """The rows of one method. Tolerances run from loose to tight and stop at the first run over
+        the NFE budget, as tighter ones cost more."""
         name, _ = parse_method(spec)
         try:
             adaptive = is_adaptive(name)
-            settings = [(None, tol) for tol in tolerances] if adaptive else [(s, None) for s in self.steps_for_nfe(spec, nfe_grid)]
-            deterministic = self.is_deterministic(spec, tolerances[0] if adaptive else None)
-        except ValueError as err:
+            settings = [(None, tol) for tol in sorted(tolerances, reverse=True)] if adaptive else [(s, None) for s in self.steps_for_nfe(spec, nfe_grid)]
+            deterministic = self.is_deterministic(spec, settings[0][1])
+        except (ValueError, NFEBudgetExceeded) as err:
             result.skipped.append((spec, str(err)))
             return []
         rows = []
         for steps, tol in settings:
             try:
                 rows.append(self.run(spec, steps=steps, tol=tol, deterministic=deterministic))
-            except ValueError as err:
+            except (ValueError, NFEBudgetExceeded) as err:
                 result.skipped.append((f"{spec} ({'tol' if tol is not None else 'steps'}={tol if tol is not None else steps})", str(err)))
+                if isinstance(err, NFEBudgetExceeded):
+                    break
         return rows
 
     def _summary(self) -> dict[str, Any]:
@@ -465,15 +496,16 @@ class Benchmark:
 
 # --- output -----------------------------------------------------------------------------------------
 COLUMNS = [f.name for f in fields(Row)]
-#: Quality columns plotted against NFE: (column, title, log y axis).
+#: Quality columns plotted against NFE: (column, title, y limits or None for automatic).
 PLOTS = (
-    ("median_dist", "median distance to reference", True),
-    ("rms_dist", "RMS distance to reference", True),
-    ("mode_switch", "mode-switch fraction", True),
-    ("energy", "energy distance to true samples", True),
-    ("mode_tv", "mode-weight TV", True),
-    ("spread", "per-mode spread ratio (1 is exact)", False),
+    ("median_dist", "median distance to reference", None),
+    ("rms_dist", "RMS distance to reference", None),
+    ("mode_switch", "mode-switch fraction", None),
+    ("energy", "energy distance to true samples", None),
+    ("mode_tv", "mode-weight TV", None),
+    ("spread", "per-mode spread ratio (1 is exact)", (0.25, 4.0)),
 )
+MARKERS = "os^vD<>ph*"
 
 
 def _fmt(value: Any) -> str:
@@ -514,7 +546,8 @@ def write_csv(result: BenchmarkResult, path: str) -> str:
 
 
 def plot_quality(result: BenchmarkResult, path: str) -> str:
-    """Quality against NFE, one line per method, log axes (zeros are not drawn on log axes)."""
+    """Quality against NFE, one line per method, log axes (zeros fall off the log axes, and spread
+    ratios outside [0.25, 4] off the plot; the table has every value)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -523,25 +556,28 @@ def plot_quality(result: BenchmarkResult, path: str) -> str:
     panels = [p for p in PLOTS if any(getattr(r, p[0]) is not None for r in result.rows)]
     methods = sorted({r.method for r in result.rows})
     colors = plt.get_cmap("tab20")(torch.linspace(0, 1, max(len(methods), 2)).tolist())
+    styles = {m: {"color": c, "marker": MARKERS[i % len(MARKERS)]} for i, (m, c) in enumerate(zip(methods, colors))}
     ncols = min(3, max(len(panels), 1))
     nrows = max(1, math.ceil(len(panels) / ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False)
-    for ax, (column, title, log_y) in zip(axes.flat, panels):
-        for color, method in zip(colors, methods):
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5 * ncols, 3.8 * nrows), squeeze=False, sharex=True)
+    for ax, (column, title, ylim) in zip(axes.flat, panels):
+        for method in methods:
             pts = sorted((r.nfe, getattr(r, column)) for r in result.rows if r.method == method and getattr(r, column) is not None)
             if pts:
-                ax.plot(*zip(*pts), marker="o", ms=3, color=color, label=method)
+                ax.plot(*zip(*pts), ms=4, lw=1.2, **styles[method])
         _reference_lines(ax, column, result.problem)
         ax.set_xscale("log")
-        ax.set_yscale("log" if log_y else "linear")
+        ax.set_yscale("log")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("NFE")
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
-    handles, labels = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="center right", fontsize=8)
-    fig.suptitle(f"{result.problem.get('name', '')}: quality against NFE", fontsize=11)
+    handles = [plt.Line2D([], [], ms=4, **styles[m]) for m in methods]
+    fig.legend(handles, methods, loc="center right", fontsize=8)
+    fig.suptitle(f"{result.problem.get('name', '')}: quality against NFE (dashed: exact samples / reference accuracy)", fontsize=11)
     fig.tight_layout(rect=(0, 0, 0.8, 0.96))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=110)

@@ -57,20 +57,30 @@ def _bench(config: ConfigDict, workdir: str) -> None:
 
 def _parse_flags(argv: list[str]) -> list[str]:
     """absl's parser, with a clear message for a ``--config.<field>`` override that does not exist
-    (ml_collections raises a bare AttributeError)."""
-    from .config import check_path
-
+    (depending on where the path breaks off, absl or ml_collections raises an unhelpful
+    UnrecognizedFlagError, AttributeError or KeyError)."""
     try:
         return FLAGS(argv)
-    except (AttributeError, KeyError):
-        for arg in argv:
-            m = re.match(r"--config\.([\w.]+)", arg)
-            if m:
-                try:
-                    check_path(FLAGS["config"].value, m.group(1))
-                except ValueError as err:
-                    sys.exit(f"FATAL Flags parsing error: {err}")
+    except (flags.UnrecognizedFlagError, AttributeError, KeyError):
+        _explain_bad_override(argv)
         raise
+
+
+def _explain_bad_override(argv: list[str]) -> None:
+    """Exit with the first override whose path is not a field of the config file."""
+    from .config import check_path, load_config_file
+
+    paths = [m.group(1) for m in (re.match(r"--config\.([\w.]+)", a) for a in argv) if m]
+    files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
+    files += [b for a, b in zip(argv, argv[1:]) if a == "--config"]
+    if not files:
+        return
+    config = load_config_file(files[0])
+    for path in paths:
+        try:
+            check_path(config, path)
+        except ValueError as err:
+            sys.exit(f"FATAL Flags parsing error: {err}")
 
 
 def main(argv: list[str]) -> None:

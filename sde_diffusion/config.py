@@ -9,14 +9,16 @@ appear without editing this file:
 * ``sde``: ``name`` plus the keyword arguments of that SDE's constructor (``sde_group``);
 * ``model``: ``name`` plus the network's constructor arguments, ``parameterization`` and
   ``sigma_data`` among them (``model_group``);
-* ``sampling``: ``method``, ``steps``, ``eps``, ``n_samples`` plus one group per registered sampling
-  method holding its options, e.g. ``sampling.ode.rtol`` (``sampling_group``).
+* ``sampling``: ``method``, ``steps``, ``eps``, ``n_samples``, ``class_label``, ``guidance_scale`` plus
+  one group per registered sampling method holding its options, e.g. ``sampling.ode.rtol``
+  (``sampling_group``).
 
 ``validate`` checks a config against this schema: an unknown field or a value of the wrong type or
 outside its range raises ``ValueError`` naming the dotted path and what is allowed.
 """
 from __future__ import annotations
 
+import copy
 import importlib.util
 import inspect
 import math
@@ -32,10 +34,11 @@ from solvers.api import GENERAL_FIELDS
 
 from . import datasets, evaluate, losses, models
 from .sde_lib import SDES, sde_from_config
+from .run import ALL_CLASSES
 from .train import OPTIMIZERS
 
 #: Fields of ``config.sampling`` besides the per-method groups.
-SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples",)
+SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples", "class_label", "guidance_scale")
 #: Groups whose fields come from a registry, not from the default config.
 GENERATED_GROUPS = ("sde", "model", "sampling")
 
@@ -88,16 +91,27 @@ def model_group(name: str = "mlp", **kwargs: Any) -> ml_collections.ConfigDict:
     return _group({"name": name, **_kwargs_group(f"model {name!r}", models.MODELS.get(name), kwargs)})
 
 
-def sampling_group(method: str, steps: Optional[int] = None, eps: Optional[float] = None, n_samples: int = 1000, **options: Any) -> ml_collections.ConfigDict:
+def sampling_group(
+    method: str,
+    steps: Optional[int] = None,
+    eps: Optional[float] = None,
+    n_samples: int = 1000,
+    class_label: Optional[int] = None,
+    guidance_scale: float = 0.0,
+    **options: Any,
+) -> ml_collections.ConfigDict:
     """``config.sampling``: the method, shared settings and one group per registered method holding
-    its options with their defaults; ``options`` updates the chosen method's group."""
+    its options with their defaults; ``options`` updates the chosen method's group. A class-conditional
+    model samples ``class_label`` (None: unconditional; -1: every class, a grid row each) with
+    classifier-free guidance weight ``guidance_scale`` (``sde_diffusion.guidance``)."""
     methods = solvers.available()
     if method not in methods:
         raise ValueError(f"unknown sampling method {method!r}; known: {', '.join(sorted(methods))}")
     group = ml_collections.ConfigDict(
-        {"method": method, "steps": placeholder(int), "eps": placeholder(float), "n_samples": n_samples}
+        {"method": method, "steps": placeholder(int), "eps": placeholder(float), "n_samples": n_samples,
+         "class_label": placeholder(int), "guidance_scale": float(guidance_scale)}
     )
-    group.steps, group.eps = steps, eps
+    group.steps, group.eps, group.class_label = steps, eps, class_label
     for name, spec in methods.items():
         if name in SAMPLING_FIELDS:
             raise ValueError(f"sampling method name {name!r} clashes with the field sampling.{name}")
@@ -127,6 +141,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.importance_sampling = False
     training.reduce = "mean"
     training.eps = 1e-5
+    training.cond_drop_prob = 0.0
     training.ema_rate = 0.999
     training.log_freq = 50
     training.snapshot_freq = 1000
@@ -230,6 +245,7 @@ RULES: dict[str, Rule] = {
     "training.weighting": _one_of(losses.WEIGHTINGS.names),
     "training.reduce": _one_of(lambda: list(losses.REDUCTIONS)),
     "training.eps": _interval(0.0, 1.0, lo_open=True),
+    "training.cond_drop_prob": _interval(0.0, 1.0),
     "training.ema_rate": UNIT,
     "training.log_freq": _int_at_least(1),
     "training.snapshot_freq": _int_at_least(1),
@@ -256,6 +272,8 @@ RULES: dict[str, Rule] = {
     "sampling.steps": _optional(_int_at_least(1)),
     "sampling.eps": _optional(_interval(0.0, 1.0)),
     "sampling.n_samples": _int_at_least(1),
+    "sampling.class_label": _optional(_int_at_least(ALL_CLASSES)),
+    "sampling.guidance_scale": _interval(-math.inf, math.inf, lo_open=True),
 }
 
 
@@ -321,6 +339,26 @@ def _check_generated(config: ml_collections.ConfigDict) -> None:
     for key in sorted(set(config.model.keys()) & set(config.data.keys())):
         if config.model[key] != config.data[key]:
             raise ValueError(f"config.model.{key}={config.model[key]!r} does not match config.data.{key}={config.data[key]!r}")
+    _check_classes(config)
+
+
+def _check_classes(config: ml_collections.ConfigDict) -> None:
+    """A class-conditional network needs a labelled data set with as many classes; a class to sample
+    needs a class-conditional network, and guidance its unconditional score (condition dropout)."""
+    num_classes, label = config.model.get("num_classes", 0), config.sampling.class_label
+    if num_classes and datasets.NUM_CLASSES.get(config.data.dataset) != num_classes:
+        found = datasets.NUM_CLASSES.get(config.data.dataset, "no labels")
+        raise ValueError(f"config.model.num_classes={num_classes} needs a labelled data set with {num_classes} classes; config.data.dataset={config.data.dataset!r} has {found}")
+    if label is None:
+        return
+    if not num_classes:
+        raise ValueError(f"config.sampling.class_label={label} needs a class-conditional model (config.model.num_classes > 0)")
+    if label >= num_classes:
+        raise ValueError(f"config.sampling.class_label={label} must be < config.model.num_classes={num_classes}, or {ALL_CLASSES} for every class")
+    if label == ALL_CLASSES and config.sampling.n_samples < num_classes:
+        raise ValueError(f"config.sampling.class_label={ALL_CLASSES} (every class) needs n_samples >= {num_classes}, got {config.sampling.n_samples}")
+    if config.sampling.guidance_scale != 0 and config.training.cond_drop_prob == 0:
+        raise ValueError("config.sampling.guidance_scale != 0 needs the unconditional score, which a model learns only with config.training.cond_drop_prob > 0")
 
 
 def _get(config: Any, path: str) -> Any:
@@ -333,20 +371,20 @@ def _get(config: Any, path: str) -> Any:
 def check_path(config: ml_collections.ConfigDict, path: str) -> None:
     """Raise ``ValueError`` unless the dotted ``path`` names a field of ``config``, naming the first
     unknown part and the fields allowed there."""
-    group = config
-    keys = path.split(".")
+    group, keys = config, path.split(".")
     for i, key in enumerate(keys):
-        if not isinstance(group, ml_collections.ConfigDict) or key not in group:
-            where = ".".join(keys[:i])
-            allowed = ", ".join(sorted(group.keys())) if isinstance(group, ml_collections.ConfigDict) else "none (not a group)"
-            raise ValueError(f"unknown field config.{'.'.join(keys[: i + 1])}; allowed in config{'.' if where else ''}{where}: {allowed}")
+        where = ".".join(["config", *keys[:i]])
+        if not isinstance(group, ml_collections.ConfigDict):
+            raise ValueError(f"{where} is a value, not a group: config.{path} does not exist")
+        if key not in group:
+            raise ValueError(f"unknown field {where}.{key}; allowed in {where}: {', '.join(sorted(group.keys()))}")
         group = group[key]
 
 
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> ml_collections.ConfigDict:
     """Set dotted fields, e.g. ``{"training.n_iters": 10}``, on a copy of ``config``; an unknown path
     raises ``ValueError`` naming it and the fields allowed there."""
-    config = ml_collections.ConfigDict(config)
+    config = copy.deepcopy(config)
     for path, value in overrides.items():
         check_path(config, path)
         *parents, leaf = path.split(".")
@@ -355,8 +393,8 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     return config
 
 
-def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
-    """Run the config file's ``get_config()``, apply dotted overrides and validate."""
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+    """Run the config file's ``get_config()`` (no validation)."""
     if not os.path.isfile(path):
         raise ValueError(f"config file {path!r} does not exist")
     spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(os.path.abspath(path)))}", path)
@@ -364,4 +402,9 @@ def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None) -> ml_
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config()")
-    return validate(apply_overrides(module.get_config(), overrides or {}))
+    return module.get_config()
+
+
+def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:
+    """The config file's ``get_config()`` with dotted overrides applied, validated."""
+    return validate(apply_overrides(load_config_file(path), overrides or {}))

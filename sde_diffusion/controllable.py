@@ -108,17 +108,19 @@ def constrained_score_fn(
     sde: LinearSDE,
     score_fn: ScoreFn,
     constraint: Constraint,
-    noise: Callable[[torch.Tensor], torch.Tensor],
+    noise: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> ScoreFn:
-    """s_c(x, t) = (I - P) score_fn((I - P) x + α(t) known + σ(t) P z, t) (module docstring), with
-    z = ``noise(x)`` at each call."""
+    """s_c(x, t) = (I - P) s(x̃, t) - P (x - α(t) known) / σ(t)² (module docstring), with the observed
+    part of x̃ a fresh forward-perturbed copy α(t) known + σ(t) P z, z = ``noise(x)``, or, when ``noise``
+    is None, the observed part of x itself (x̃ = (I - P) x + P x)."""
     known = constraint.known
 
     def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         t = batch_time(t, x)
         mean, std = sde.marginal_prob(known.to(x.dtype), t)
-        observed = mean + append_dims(std, x.ndim) * constraint.project(noise(x))
-        return constraint.complement(score_fn(constraint.complement(x) + observed, t))
+        std = append_dims(std, x.ndim)
+        x_model = x if noise is None else constraint.complement(x) + mean + std * constraint.project(noise(x))
+        return constraint.complement(score_fn(x_model, t)) - constraint.project(x - mean) / std**2
 
     return score
 
@@ -133,17 +135,18 @@ def impute(
     **sample_kwargs: Any,
 ) -> tuple[torch.Tensor, int]:
     """Samples of p_0(x | P x_0 = known) by the replacement method with ``solvers.sample(..., method)``:
-    ``(x, nfe)`` with x = (I - P) x_sampled + known (exact on the observed part). Stochastic methods
-    perturb the observed part with fresh noise at each score evaluation, deterministic ones with one
-    noise draw for the run (module docstring). ``sample_kwargs`` go to ``solvers.sample`` (steps, eps,
-    method options, ...)."""
-    shape = tuple(constraint.known.shape)
-    device = constraint.known.device
-    fixed = torch.randn(shape, generator=generator, device=device) if METHODS.get(method).deterministic else None
+    ``(x, nfe)`` with x = (I - P) x_sampled + known (exact on the observed part). The observed part starts
+    at the time-T marginal α(T) known + σ(T) P z; stochastic methods evaluate the model on a fresh
+    forward-perturbed copy of the data at each call, deterministic ones on the state's own (module
+    docstring). ``sample_kwargs`` go to ``solvers.sample`` (steps, eps, method options, ...)."""
+    known = constraint.known
+    prior = sde.prior_sampling(tuple(known.shape), generator=generator, device=known.device, dtype=known.dtype)
+    mean, std = sde.marginal_prob(known, sde.T)
+    x_T = constraint.complement(prior) + mean + append_dims(std, known.ndim) / sde.prior_std * constraint.project(prior)
 
     def noise(x: torch.Tensor) -> torch.Tensor:
-        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) if fixed is None else fixed.to(x.dtype)
+        return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    score = constrained_score_fn(sde, score_fn, constraint, noise)
-    x, nfe = solvers.sample(sde, score, shape, method, generator=generator, device=device, **sample_kwargs)
-    return constraint.complement(x) + constraint.known.to(x.dtype), nfe
+    score = constrained_score_fn(sde, score_fn, constraint, None if METHODS.get(method).deterministic else noise)
+    x, nfe = solvers.sample(sde, score, x_T.shape, method, x_T=x_T, generator=generator, **sample_kwargs)
+    return constraint.complement(x) + known.to(x.dtype), nfe

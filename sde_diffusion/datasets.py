@@ -1,6 +1,7 @@
 """Training data without downloads: the 2-D toy sets and scikit-learn's bundled 8×8 digits.
 
-``get_dataset(config.data) -> (train, test)`` returns float32 tensors in model space.
+``get_dataset(config.data) -> (train, test)`` returns float32 tensors in model space;
+``get_labels(config.data)`` the class labels of the labelled sets (digits: 0..9), in the same order.
 
 * Toy sets (``ring``, ``checkerboard``, ``moons``, ``swiss_roll``; ``targets.TOY_DATA``) are
   continuous 2-D samples, drawn once from ``seed`` (train first, then test) and returned as drawn:
@@ -35,6 +36,10 @@ Dequantizer = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 LEVELS = {"digits": 17}
 
 DATASETS: Registry[Callable[[Any, torch.Generator], tuple[torch.Tensor, torch.Tensor]]] = Registry("data set")
+#: Class labels (train, test) of the labelled data sets, aligned with their ``DATASETS`` entry.
+LABELS: Registry[Callable[[Any, torch.Generator], tuple[torch.Tensor, torch.Tensor]]] = Registry("labelled data set")
+#: Number of classes of each labelled data set.
+NUM_CLASSES = {"digits": 10}
 
 
 def _field(config: Any, name: str, default: Any) -> Any:
@@ -57,9 +62,9 @@ for _name in TOY_DATA:
     DATASETS.register(_name)(_toy_loader(_name))
 
 
-@DATASETS.register("digits")
-def load_digits(config: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """Grey levels v ∈ {0..16} of the 1797 bundled digits, (B, 1, 8, 8), split by a seeded permutation."""
+def _digits(config: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Grey levels v ∈ {0..16} of the 1797 bundled digits, (B, 1, 8, 8), and their classes 0..9, split by
+    a seeded permutation: (train, test, train labels, test labels)."""
     from sklearn.datasets import load_digits as sklearn_digits
 
     for name, value in (("image_size", 8), ("num_channels", 1)):
@@ -68,10 +73,25 @@ def load_digits(config: Any, generator: torch.Generator) -> tuple[torch.Tensor, 
     fraction = float(_field(config, "test_fraction", 0.2))
     if not 0 < fraction < 1:
         raise ValueError(f"test_fraction must lie in (0, 1), got {fraction}")
-    levels = torch.as_tensor(sklearn_digits().images, dtype=torch.float32)[:, None]
+    digits = sklearn_digits()
+    levels = torch.as_tensor(digits.images, dtype=torch.float32)[:, None]
+    labels = torch.as_tensor(digits.target, dtype=torch.long)
     n_test = max(1, round(fraction * levels.shape[0]))
     perm = torch.randperm(levels.shape[0], generator=generator)
-    return levels[perm[n_test:]], levels[perm[:n_test]]
+    train, test = perm[n_test:], perm[:n_test]
+    return levels[train], levels[test], labels[train], labels[test]
+
+
+@DATASETS.register("digits")
+def load_digits(config: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Grey levels v ∈ {0..16} of the 1797 bundled digits, (B, 1, 8, 8), split by a seeded permutation."""
+    return _digits(config, generator)[:2]
+
+
+@LABELS.register("digits")
+def load_digit_labels(config: Any, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """The classes 0..9 of ``load_digits``'s (train, test) images."""
+    return _digits(config, generator)[2:]
 
 
 def _levels(config: Any) -> Optional[int]:
@@ -110,6 +130,13 @@ def get_dataset(data_config: Any) -> tuple[torch.Tensor, torch.Tensor]:
         return train.float(), test.float()
     scaler = get_scaler(data_config)
     return scaler((train + 0.5) / K).float(), scaler((test + 0.5) / K).float()
+
+
+def get_labels(data_config: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, test) class labels (long) of the samples ``get_dataset`` returns, in the same order; a
+    data set without labels raises ``ValueError`` naming the labelled ones."""
+    generator = torch.Generator().manual_seed(int(_field(data_config, "seed", 0)))
+    return LABELS.get(data_config.dataset)(data_config, generator)
 
 
 def bin_width(data_config: Any) -> float:

@@ -33,15 +33,13 @@ import torch
 
 from .classifier import ClassifierFn, log_prob_grad
 from .mixtures import GaussianMixture
+from .models.embeddings import NULL_LABEL
 from .sde_lib import LinearSDE
 from .utils import batch_time
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ConditionalScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Labels = Union[int, torch.Tensor]
-
-#: The label that stands for ∅ (no class: the unconditional score).
-NULL_LABEL = -1
 
 
 def check_labels(labels: Labels, allow_null: bool = True) -> None:

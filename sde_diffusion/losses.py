@@ -29,6 +29,7 @@ import torch
 from torch import nn
 
 from .discrete import DDPMChain, SMLDChain
+from .models.embeddings import NULL_LABEL
 from .models.utils import get_score_fn
 from .registry import Registry
 from .sde_lib import LinearSDE
@@ -81,7 +82,9 @@ def chain_times(sde: LinearSDE) -> torch.Tensor:
     elif isinstance(chain, SMLDChain):
         lam = -torch.log(chain.sigmas)
     else:
-        raise ValueError(f"{sde!r} has no discrete chain; the discrete losses need 'vp', 'cosine_vp' (DDPM) or 've' (SMLD)")
+        raise ValueError(
+            f"{sde!r} has no discrete chain; the discrete losses need 'vp', 'cosine_vp' (DDPM) or 've' (SMLD)"
+        )
     return sde.t_of_lambda(lam).clamp(max=sde.T)
 
 
@@ -99,7 +102,9 @@ def ddpm_vlb_weights(chain: DDPMChain) -> torch.Tensor:
 
 
 # --- time sampling ------------------------------------------------------------------------------
-def uniform_time(n: int, eps: float, T: float, generator: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+def uniform_time(
+    n: int, eps: float, T: float, generator: Optional[torch.Generator], device: torch.device
+) -> torch.Tensor:
     """t ~ U(eps, T), float64."""
     return eps + (T - eps) * torch.rand(n, generator=generator, device=device, dtype=torch.float64)
 
@@ -200,18 +205,37 @@ def get_per_sample_loss_fn(sde: LinearSDE, training_config: Any) -> PerSampleLos
     return LOSSES.get(_field(training_config, "loss", "dsm"))(sde, training_config)
 
 
+def drop_labels(labels: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Condition dropout (Ho & Salimans 2022, Alg. 1): each label becomes ∅ (``NULL_LABEL``) with
+    probability p, so that one network learns the conditional and the unconditional score."""
+    dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < p
+    return torch.where(dropped, NULL_LABEL, labels)
+
+
 def get_loss_fn(sde: LinearSDE, training_config: Any) -> LossFn:
-    """``loss_fn(model, batch, generator=None) -> scalar``: the objective ``training_config.loss``
-    (``dsm`` | ``ddpm`` | ``ddpm_vlb`` | ``smld``) of ``model``'s score on ``batch``, with fields
-    ``weighting`` ('sigma2' | 'likelihood'), ``importance_sampling``, ``reduce`` ('mean' | 'sum') and
-    ``eps`` (1e-5). ``generator`` (on the batch's device) drives every random draw."""
+    """``loss_fn(model, batch, generator=None, labels=None) -> scalar``: the objective
+    ``training_config.loss`` (``dsm`` | ``ddpm`` | ``ddpm_vlb`` | ``smld``) of ``model``'s score on
+    ``batch``, with fields ``weighting`` ('sigma2' | 'likelihood'), ``importance_sampling``, ``reduce``
+    ('mean' | 'sum') and ``eps`` (1e-5). A class-conditional model takes the batch's (B,) ``labels``,
+    dropped to ∅ with probability ``cond_drop_prob`` (0). ``generator`` (on the batch's device) drives
+    every random draw."""
     per_sample = get_per_sample_loss_fn(sde, training_config)
     reduce = _field(training_config, "reduce", "mean")
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; known: {', '.join(REDUCTIONS)}")
+    cond_drop_prob = float(_field(training_config, "cond_drop_prob", 0.0))
+    if not 0.0 <= cond_drop_prob < 1.0:
+        raise ValueError(f"cond_drop_prob must lie in [0, 1), got {cond_drop_prob}")
 
-    def loss_fn(model: nn.Module, batch: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        losses = per_sample(get_score_fn(sde, model), batch, generator)
+    def loss_fn(
+        model: nn.Module,
+        batch: torch.Tensor,
+        generator: Optional[torch.Generator] = None,
+        labels: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        score_fn = get_score_fn(sde, model)
+        y = None if labels is None else drop_labels(labels, cond_drop_prob, generator)
+        losses = per_sample(lambda x, t: score_fn(x, t, y), batch, generator)
         if reduce == "mean":
             losses = losses / batch[0].numel()
         return losses.mean()

@@ -20,6 +20,7 @@ import solvers
 from . import datasets, models
 from .checkpoints import latest_checkpoint, load_checkpoint
 from .ema import EMA
+from .guidance import classifier_free_guidance
 from .plotting import image_grid_png, scatter_png
 from .sde_lib import LinearSDE, sde_from_config
 
@@ -27,6 +28,8 @@ ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 #: Groups of the config a checkpoint must have been trained with to be loaded.
 MODEL_GROUPS = ("sde", "model")
+#: ``config.sampling.class_label`` asking for every class, one grid row each.
+ALL_CLASSES = -1
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -74,23 +77,43 @@ def sample_shape(config: ConfigDict, n: int) -> tuple[int, ...]:
     return (n, *datasets.get_dataset(config.data)[1].shape[1:])
 
 
+def sample_labels(config: ConfigDict, n: int) -> Optional[torch.Tensor]:
+    """The class of each of n samples per ``config.sampling.class_label``: None (unconditional), a class
+    k (all n of class k), or ``ALL_CLASSES`` = -1 (n // C of each class 0, ..., C-1 in turn, so that a
+    grid of n // C images per row has one row per class)."""
+    label = config.sampling.get("class_label", None)
+    if label is None:
+        return None
+    if label == ALL_CLASSES:
+        num_classes = config.model.num_classes
+        return torch.arange(num_classes, device=config.device).repeat_interleave(n // num_classes)
+    return torch.full((n,), label, dtype=torch.long, device=config.device)
+
+
 def draw_samples(config: ConfigDict, sde: LinearSDE, score_fn: ScoreFn, n: int, seed: int, progress: bool) -> tuple[torch.Tensor, int]:
-    """n samples with ``config.sampling``, mapped back to data space: ``(x, nfe)``."""
+    """n samples with ``config.sampling``, mapped back to data space: ``(x, nfe)``. With a
+    ``class_label`` the class-conditional ``score_fn(x, t, labels)`` is sampled with classifier-free
+    guidance of weight ``guidance_scale`` (``sample_labels``; each of the nfe evaluations is one network
+    call on the doubled batch when the weight is not 0)."""
+    labels = sample_labels(config, n)
+    if labels is not None:
+        score_fn = classifier_free_guidance(score_fn, labels, config.sampling.guidance_scale)
+        n = labels.shape[0]
     sampler = solvers.get_sampler(config.sampling, sde)
     g = torch.Generator(config.device).manual_seed(seed)
     x, nfe = sampler(score_fn, sample_shape(config, n), generator=g, device=config.device, progress=progress)
     return datasets.get_inverse_scaler(config.data)(x), nfe
 
 
-def write_samples(path_stem: str, x: torch.Tensor, title: str) -> list[str]:
+def write_samples(path_stem: str, x: torch.Tensor, title: str, nrow: Optional[int] = None) -> list[str]:
     """``<stem>.npz`` with the samples and ``<stem>.png``: a scatter plot of 2-D points or an image
-    grid (values clipped to [0, 1])."""
+    grid (values clipped to [0, 1], ``nrow`` images per row, default ⌈√B⌉)."""
     os.makedirs(os.path.dirname(os.path.abspath(path_stem)), exist_ok=True)
     np.savez(path_stem + ".npz", samples=x.detach().cpu().numpy())
     if x.ndim == 2:
         png = scatter_png(path_stem + ".png", [(title, x)])
     else:
-        png = image_grid_png(path_stem + ".png", x.clamp(0, 1), title)
+        png = image_grid_png(path_stem + ".png", x.clamp(0, 1), title, nrow)
     return [png, path_stem + ".npz"]
 
 
@@ -100,7 +123,13 @@ def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None) 
     sde, score_fn = load_score_fn(config, workdir)
     x, nfe = draw_samples(config, sde, score_fn, config.sampling.n_samples, config.seed, progress=True)
     tag = tag or config.sampling.method
-    return write_samples(os.path.join(workdir, "samples", tag), x, f"{config.sampling.method}, {nfe} NFE")
+    title = f"{config.sampling.method}, {nfe} NFE"
+    label = config.sampling.get("class_label", None)
+    if label is not None:
+        classes = "a row per class" if label == ALL_CLASSES else f"class {label}"
+        title += f", {classes}, w = {config.sampling.guidance_scale:g}"
+    nrow = x.shape[0] // config.model.num_classes if label == ALL_CLASSES else None
+    return write_samples(os.path.join(workdir, "samples", tag), x, title, nrow)
 
 
 def describe(paths: list[str]) -> str:

@@ -148,12 +148,15 @@ def save(state: TrainState, config: ConfigDict, workdir: str) -> str:
     return save_checkpoint(checkpoint_dir(workdir), state.step, payload, config.training.keep_checkpoints)
 
 
-def train_step(state: TrainState, loss_fn: losses.LossFn, batch: torch.Tensor, optim: ConfigDict) -> tuple[float, float, float]:
-    """One optimiser step (module docstring); returns ``(loss, gradient norm, learning rate)`` and
-    raises ``NonFiniteLossError`` before touching the weights if the loss or gradient is not finite."""
+def train_step(
+    state: TrainState, loss_fn: losses.LossFn, batch: torch.Tensor, optim: ConfigDict, labels: Optional[torch.Tensor] = None
+) -> tuple[float, float, float]:
+    """One optimiser step (module docstring), with the batch's class ``labels`` for a class-conditional
+    model; returns ``(loss, gradient norm, learning rate)`` and raises ``NonFiniteLossError`` before
+    touching the weights if the loss or gradient is not finite."""
     n = state.step + 1
     state.model.train()
-    loss = loss_fn(state.model, batch, generator=state.noise_generator)
+    loss = loss_fn(state.model, batch, generator=state.noise_generator, labels=labels)
     value = float(loss.detach())
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the loss is {value} at step {n}")
@@ -198,6 +201,7 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
     sde = build_sde(config)
     loss_fn = losses.get_loss_fn(sde, tc)
     train_data = datasets.get_dataset(config.data)[0].to(config.device)
+    train_labels = datasets.get_labels(config.data)[0].to(config.device) if config.model.get("num_classes", 0) else None
     dequantize = datasets.get_dequantizer(config.data)
     state = init_state(config)
     resumed = restore(state, config, workdir)
@@ -207,10 +211,11 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
         bar.write(f"resumed from {resumed} at step {state.step}")
     try:
         while state.step < tc.n_iters:
-            batch = train_data[torch.randint(train_data.shape[0], (tc.batch_size,), generator=state.data_generator, device=config.device)]
+            idx = torch.randint(train_data.shape[0], (tc.batch_size,), generator=state.data_generator, device=config.device)
+            batch, labels = train_data[idx], None if train_labels is None else train_labels[idx]
             if dequantize is not None:
                 batch = dequantize(batch, state.noise_generator)
-            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim)
+            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim, labels)
             bar.update(1)
             if state.step % tc.log_freq == 0:
                 writer.add_scalar("training/loss", loss, state.step)

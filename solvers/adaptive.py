@@ -128,8 +128,8 @@ def gotta_go_fast(
 
     With the same z in both stages and the reverse drift b(x, t) = f(t) x - g(t)² s(x, t):
 
-        x' = x - h b(x, t) + g(t) √h z                        (Euler–Maruyama)
-        x̃ = x' - h b(x', t - h) + g(t - h) √h z,  x'' = (x' + x̃)/2   (improved Euler)
+        x' = x - h b(x, t) + g(t) √h z                               (Euler–Maruyama)
+        x̃ = x - h b(x', t - h) + g(t - h) √h z,  x'' = (x' + x̃)/2    (improved Euler)
 
     E = ‖(x' - x'')/δ‖₂/√n with δ = max(ε_abs, ε_rel max(|x'|, |x'_prev|)); a sample accepts when
     E ≤ 1 (keeping x'', extrapolation) and every sample sets h ← min(t - eps, θ h E^{-r}). Each
@@ -154,7 +154,7 @@ def gotta_go_fast(
         drift, g2 = reverse_drift(sde, score_fn, x, t)
         x_euler = x - hb * drift + (g2 * hb).sqrt() * z
         drift_next, g2_next = reverse_drift(sde, score_fn, x_euler, t_next)
-        x_tilde = x_euler - hb * drift_next + (g2_next * hb).sqrt() * z
+        x_tilde = x - hb * drift_next + (g2_next * hb).sqrt() * z
         x_heun = (x_euler + x_tilde) / 2
         error = scaled_error(x_heun, x_euler, x_prev, eps_abs, eps_rel).to(torch.float64)
         active = t > eps

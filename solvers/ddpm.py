@@ -97,9 +97,11 @@ def ddpm(
 ) -> torch.Tensor:
     """Ancestral DDPM sampling (Ho et al. 2020, Alg. 2) on the VP chain, respaced to ``steps`` levels.
 
-    With τ from ``strided_levels`` (default: all N levels), ᾱ = α_{τ_j}², ᾱ' = α_{τ_{j-1}}², the respaced
-    β = 1 - ᾱ/ᾱ' (Nichol & Dhariwal 2021, §4; β = β_k when S = N) and ε̂ = -σ_{τ_j} s:
-      x ← (x - β / √(1 - ᾱ) ε̂) / √(1 - β) + σ z,   σ² = β ("beta") or β̃ = β (1 - ᾱ') / (1 - ᾱ) ("beta_tilde"),
+    With τ from ``strided_levels`` (default: all N levels; else chosen by ``stride``), ᾱ = α_{τ_j}²,
+    ᾱ' = α_{τ_{j-1}}², the respaced β = 1 - ᾱ/ᾱ' (Nichol & Dhariwal 2021, §4; β = β_k when S = N) and
+    ε̂ = -σ_{τ_j} s:
+      x ← (x - β / √(1 - ᾱ) ε̂) / √(1 - β) + σ z,
+      σ² = β ("beta") or β̃ = β (1 - ᾱ') / (1 - ᾱ) ("beta_tilde"),
     with z = 0 on the last step (to ᾱ_0 = 1), which makes it the Tweedie step x̂_0. ``eps`` is unused.
     """
     _check_choice(variance, VARIANCES, "variance")
@@ -107,18 +109,19 @@ def ddpm(
         raise ValueError(f"ddpm needs an SDE with a DDPM chain (vp, cosine_vp), got {sde!r}: use ddim or pc")
     lv = chain_levels(sde)
     tau = strided_levels(sde.N, steps, sde.N, stride)
-    ts, coef, scale, std = [], [], [], []
+    ts, alpha, sigma, coef, scale, std = [], [], [], [], [], []
     for k, k_next in zip(tau[:-1], tau[1:]):
         abar, abar_next = lv.alpha[k] ** 2, lv.alpha[k_next] ** 2
         beta = 1.0 - abar / abar_next
         var = beta if variance == "beta" else beta * (1.0 - abar_next) / (1.0 - abar)
         ts.append(lv.t[k])
+        alpha.append(lv.alpha[k])
+        sigma.append(lv.sigma[k])
         coef.append(beta / math.sqrt(1.0 - abar))
         scale.append(1.0 / math.sqrt(1.0 - beta))
         std.append(math.sqrt(var) if k_next > 0 else 0.0)
     for i in progress_range(len(ts), progress):
-        t = full_time(x, ts[i])
-        eps_hat = noise_from_score(score_fn(x, t), x, lv.alpha[tau[i]], lv.sigma[tau[i]])
+        eps_hat = noise_from_score(score_fn(x, full_time(x, ts[i])), x, alpha[i], sigma[i])
         x = (x - coef[i] * eps_hat) * scale[i]
         if std[i] > 0:
             x = x + std[i] * noise_like(x, generator)
@@ -138,30 +141,33 @@ def ddim(
     eta: float,
     stride: str,
 ) -> torch.Tensor:
-    """DDIM (Song, Meng & Ermon 2021, eqs. 12 and 16) in (α, σ) form on ``steps`` strided
-    levels (default min(100, N)) of the SDE's chain (VP, cosine VP, VE; sub-VP: its kernel at t = kT/N). From level τ to τ':
+    """DDIM (Song, Meng & Ermon 2021, eqs. 12 and 16) in (α, σ) form on ``steps`` (default min(100, N))
+    levels of the SDE's chain chosen by ``stride`` (VP, cosine VP, VE; sub-VP: its kernel at t = kT/N).
+    From level τ to τ':
       ε̂ = -σ s,  x̂_0 = (x - σ ε̂) / α,  x ← α' x̂_0 + √(σ'² - c²) ε̂ + c z,
       c = η σ'/σ √(σ² - (α/α')² σ'²)
-    (VP: c = η √((1-ᾱ')/(1-ᾱ)) √(1 - ᾱ/ᾱ'); VE: the SMLD posterior std). η = 0 is deterministic (no noise is
-    drawn); η = 1 draws its noise as ``ddpm`` with β̃ does, so both give the same trajectory. The last
-    step, to level 0, returns x̂_0. ``eps`` is unused (level 1 plays its part). Deterministic at the default η = 0.
+    (VP: c = η √((1-ᾱ')/(1-ᾱ)) √(1 - ᾱ/ᾱ'); VE: the SMLD posterior std). η = 0 is deterministic (no
+    noise is drawn); η = 1 draws its noise as ``ddpm`` with β̃ does, so both give the same trajectory.
+    The last step, to level 0, returns x̂_0. ``eps`` is unused (level 1 plays its part).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     lv = chain_levels(sde)
     tau = strided_levels(sde.N, steps, min(100, sde.N), stride)
-    ts, c, dir_coef = [], [], []
+    ts, alpha, sigma, alpha_next, direction, std = [], [], [], [], [], []
     for k, k_next in zip(tau[:-1], tau[1:]):
         a, s, a_next, s_next = lv.alpha[k], lv.sigma[k], lv.alpha[k_next], lv.sigma[k_next]
-        noise_std = eta * s_next / s * math.sqrt(max(s**2 - (a / a_next) ** 2 * s_next**2, 0.0))
+        c = eta * s_next / s * math.sqrt(max(s**2 - (a / a_next) ** 2 * s_next**2, 0.0))
         ts.append(lv.t[k])
-        c.append(noise_std)
-        dir_coef.append(math.sqrt(max(s_next**2 - noise_std**2, 0.0)))
+        alpha.append(a)
+        sigma.append(s)
+        alpha_next.append(a_next)
+        direction.append(math.sqrt(max(s_next**2 - c**2, 0.0)))
+        std.append(c)
     for i in progress_range(len(ts), progress):
-        a, s, a_next = lv.alpha[tau[i]], lv.sigma[tau[i]], lv.alpha[tau[i + 1]]
-        eps_hat = noise_from_score(score_fn(x, full_time(x, ts[i])), x, a, s)
-        x0 = (x - s * eps_hat) / a
-        x = a_next * x0 + dir_coef[i] * eps_hat
-        if c[i] > 0:
-            x = x + c[i] * noise_like(x, generator)
+        eps_hat = noise_from_score(score_fn(x, full_time(x, ts[i])), x, alpha[i], sigma[i])
+        x0 = (x - sigma[i] * eps_hat) / alpha[i]
+        x = alpha_next[i] * x0 + direction[i] * eps_hat
+        if std[i] > 0:
+            x = x + std[i] * noise_like(x, generator)
     return x

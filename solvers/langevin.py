@@ -22,7 +22,7 @@ def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size: StepSize, noi
 
 
 def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: float) -> torch.Tensor:
-    """Song et al.'s (2021, Alg. 4) rule ε = 2 α (r ‖z‖ / ‖s‖)² for a target signal-to-noise ratio r.
+    """Song et al.'s (2021, Algs. 4–5) rule ε = 2 α (r ‖z‖ / ‖s‖)² for a target signal-to-noise ratio r.
 
     ‖·‖ are per-sample norms averaged over the batch, as in score_sde. Per-sample norms would make ε a
     function of x, which biases the stationary law (the Fokker–Planck flux gains a p ∇ε term) and blows

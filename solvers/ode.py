@@ -66,7 +66,8 @@ def solve_pf_ode(
             bar.update()
             return drift(t, x)
 
-        return odeint(drift_with_bar, x, times.to(device=x.device, dtype=x.dtype), method=solver, rtol=rtol, atol=atol)[-1]
+        times = times.to(device=x.device, dtype=x.dtype)
+        return odeint(drift_with_bar, x, times, method=solver, rtol=rtol, atol=atol)[-1]
 
 
 @register_method("ode", options={"solver": "dopri5", "rtol": 1e-5, "atol": 1e-5, "denoise": False}, deterministic=True)
@@ -87,7 +88,9 @@ def ode(
     """Probability-flow ODE sampling (Song et al. 2021, eq. 13): dx/dt = f(t) x - ½ g(t)² s(x, t) from T to
     eps with a torchdiffeq ``solver`` (adaptive: ``rtol`` / ``atol``; fixed-grid: ``steps``, default 100);
     ``denoise`` adds a final Tweedie step at eps (one more score evaluation)."""
-    x = solve_pf_ode(sde, score_fn, x, sde.T, eps, eps=eps, solver=solver, steps=steps, rtol=rtol, atol=atol, progress=progress)
+    x = solve_pf_ode(
+        sde, score_fn, x, sde.T, eps, eps=eps, solver=solver, steps=steps, rtol=rtol, atol=atol, progress=progress
+    )
     return tweedie_denoise(sde, score_fn, x, eps) if denoise else x
 
 
@@ -114,5 +117,7 @@ def encode(
         raise ValueError(f"eps must lie in [0, {sde.T}), got {eps}")
     counted = CountedScore(score_fn)
     with torch.no_grad():
-        z = solve_pf_ode(sde, counted, x0, eps, sde.T, eps=eps, solver=solver, steps=steps, rtol=rtol, atol=atol, progress=progress)
+        z = solve_pf_ode(
+            sde, counted, x0, eps, sde.T, eps=eps, solver=solver, steps=steps, rtol=rtol, atol=atol, progress=progress
+        )
     return z, counted.nfe

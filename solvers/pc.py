@@ -39,22 +39,32 @@ PREDICTORS: Registry[Callable[..., Predictor]] = Registry("predictor")
 CORRECTORS: Registry[Callable[..., Optional[CorrectorStepSize]]] = Registry("corrector")
 
 
+def _affine_step(keep: list[float], drift: list[float], std: list[float]) -> PredictorStep:
+    """The step x ← keep_i x + drift_i s + std_i z of the Euler–Maruyama and reverse-diffusion
+    predictors (no noise is drawn where std_i = 0)."""
+
+    def step(x: torch.Tensor, score: torch.Tensor, i: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+        x = keep[i] * x + drift[i] * score
+        return x + std[i] * noise_like(x, generator) if std[i] > 0 else x
+
+    return step
+
+
 @PREDICTORS.register("euler_maruyama")
 def euler_maruyama_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
     """Euler–Maruyama on the reverse SDE, or Euler on the probability-flow ODE (Song et al. 2021, eqs. 6,
     13), on ``steps`` (default N) uniform steps from T to eps, h = t_i - t_{i+1}:
-      x ← x - h [f(t_i) x - c g(t_i)² s] + g̃ √h z,   c = 1, g̃ = g (SDE);  c = ½, g̃ = 0 (ODE)."""
+      x ← x - h [f(t_i) x - c g(t_i)² s] + g̃ √h z = (1 - h f) x + c h g² s + g̃ √h z,
+    c = 1, g̃ = g (SDE);  c = ½, g̃ = 0 (ODE)."""
     ts = uniform_time_grid(sde, steps or sde.N, eps)
     grid = torch.tensor(ts[:-1], dtype=torch.float64)
+    h = [t - t_next for t, t_next in zip(ts[:-1], ts[1:])]
     f, g2 = sde.f(grid).tolist(), sde.g2(grid).tolist()
     c = 0.5 if probability_flow else 1.0
-
-    def step(x: torch.Tensor, score: torch.Tensor, i: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-        h = ts[i] - ts[i + 1]
-        x = x - h * (f[i] * x - c * g2[i] * score)
-        return x if probability_flow else x + math.sqrt(g2[i] * h) * noise_like(x, generator)
-
-    return Predictor(ts, step)
+    keep = [1.0 - h_i * f_i for h_i, f_i in zip(h, f)]
+    drift = [c * h_i * g2_i for h_i, g2_i in zip(h, g2)]
+    std = [0.0 if probability_flow else math.sqrt(h_i * g2_i) for h_i, g2_i in zip(h, g2)]
+    return Predictor(ts, _affine_step(keep, drift, std))
 
 
 def _chain_walk(sde: LinearSDE, steps: Optional[int], name: str) -> tuple[Levels, list[int]]:
@@ -72,26 +82,24 @@ def _chain_walk(sde: LinearSDE, steps: Optional[int], name: str) -> tuple[Levels
 def reverse_diffusion_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
     """Reverse diffusion (Song et al. 2021, eq. 46): undoes the forward step x_k = a_k x_{k-1} + G_k z of
     the SDE's discretisation, from level k to k - 1:
-      x ← x - (a_k - 1) x + c G_k² s + g̃ G_k z,   a_k = α_k / α_{k-1},  G_k² = σ_k² - a_k² σ_{k-1}²
+      x ← x - (a_k - 1) x + c G_k² s + g̃ G_k z,   a_k = α_k / α_{k-1},  G_k² = σ_k² - a_k² σ_{k-1}²,
     (c, g̃ as in ``euler_maruyama_predictor``). DDPM: a_k = √(1 - β_k), G_k² = β_k; SMLD: a_k = 1,
     G_k² = σ_k² - σ_{k-1}², the coefficients of ``sde.discretize``; sub-VP: its exact kernel at kT/N."""
     lv, ks = _chain_walk(sde, steps, "reverse_diffusion")
     a = [lv.alpha[k] / lv.alpha[k - 1] for k in ks]
     G2 = [lv.sigma[k] ** 2 - a_k**2 * lv.sigma[k - 1] ** 2 for k, a_k in zip(ks, a)]
     c = 0.5 if probability_flow else 1.0
-
-    def step(x: torch.Tensor, score: torch.Tensor, i: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-        x = x - (a[i] - 1.0) * x + c * G2[i] * score
-        return x if probability_flow else x + math.sqrt(G2[i]) * noise_like(x, generator)
-
-    return Predictor([lv.t[k] for k in ks], step)
+    keep, drift = [2.0 - a_k for a_k in a], [c * G2_k for G2_k in G2]
+    std = [0.0 if probability_flow else math.sqrt(G2_k) for G2_k in G2]
+    return Predictor([lv.t[k] for k in ks], _affine_step(keep, drift, std))
 
 
 @PREDICTORS.register("ancestral_sampling")
 def ancestral_sampling_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
     """Ancestral sampling of the SDE's discrete chain (Song et al. 2021, eq. 47; ``sde.chain.ancestral_step``),
     from level k to k - 1:
-      DDPM: x ← (x + β_k s) / √(1 - β_k) + √β_k z;   SMLD: x ← x + (σ_k² - σ_{k-1}²) s + √(σ_{k-1}² (σ_k² - σ_{k-1}²) / σ_k²) z."""
+      DDPM: x ← (x + β_k s) / √(1 - β_k) + √β_k z,
+      SMLD: x ← x + (σ_k² - σ_{k-1}²) s + √(σ_{k-1}² (σ_k² - σ_{k-1}²) / σ_k²) z."""
     if sde.chain is None:
         raise ValueError(
             f"predictor 'ancestral_sampling' needs an SDE with a discrete chain (DDPM for vp, SMLD for ve);"
@@ -117,7 +125,7 @@ def no_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_f
 
 @CORRECTORS.register("langevin")
 def langevin_corrector(sde: LinearSDE, times: list[float], snr: float) -> CorrectorStepSize:
-    """Langevin corrector with Song et al.'s SNR rule ε = 2 α_i (r ‖z‖ / ‖s‖)² (Alg. 4), α_i =
+    """Langevin corrector with Song et al.'s SNR rule ε = 2 α_i (r ‖z‖ / ‖s‖)² (Algs. 4–5), α_i =
     ``sde.langevin_alpha(t_i)`` (1 - β_i for the VP family and sub-VP, 1 for VE)."""
     alphas = sde.langevin_alpha(torch.tensor(times, dtype=torch.float64)).tolist()
     return lambda score, noise, i: snr_step_size(score, noise, snr, alphas[i])
@@ -125,7 +133,8 @@ def langevin_corrector(sde: LinearSDE, times: list[float], snr: float) -> Correc
 
 @CORRECTORS.register("ald")
 def ald_corrector(sde: LinearSDE, times: list[float], snr: float) -> CorrectorStepSize:
-    """NCSN's annealed-Langevin corrector: ε = 2 α_i (r σ(t_i))², a step size fixed by the noise level."""
+    """NCSN's annealed-Langevin rule as a corrector (score_sde's ``ald``): ε = 2 α_i (r σ(t_i))², a step
+    size fixed by the noise level."""
     grid = torch.tensor(times, dtype=torch.float64)
     sizes = [ald_step_size(s, snr, a) for s, a in zip(sde.sigma(grid).tolist(), sde.langevin_alpha(grid).tolist())]
     return lambda score, noise, i: sizes[i]
@@ -137,8 +146,9 @@ def no_corrector(sde: LinearSDE, times: list[float], snr: float) -> None:
     return None
 
 
+#: Defaults: the Euler–Maruyama predictor runs on any grid and every SDE; score_sde's snr 0.16.
 PC_OPTIONS = {
-    "predictor": "reverse_diffusion",
+    "predictor": "euler_maruyama",
     "corrector": "langevin",
     "snr": 0.16,
     "n_steps_each": 1,
@@ -172,7 +182,8 @@ def pc(
     ``euler_maruyama`` and ``none``; for the chain predictors ``reverse_diffusion`` and
     ``ancestral_sampling``, the SDE's discrete levels N, ..., 1 (S = N - 1, ``eps`` unused), where the
     final Tweedie step at level 1 is exactly the chain's last, noise-free transition to the data
-    ((x + β_1 s)/√(1 - β_1) for DDPM, x + σ_1² s for SMLD). nfe = S ([predictor ≠ none] +
+    ((x + β_1 s)/√(1 - β_1) for DDPM, x + σ_1² s for SMLD). Predictor ``none`` gives corrector-only
+    sampling (annealed Langevin on the SDE's levels). nfe = S ([predictor ≠ none] +
     n_steps_each [corrector ≠ none]) + [denoise].
     """
     check_positive_int(n_steps_each, "n_steps_each")

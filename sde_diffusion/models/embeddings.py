@@ -1,7 +1,7 @@
 """Embeddings of the scalar noise level c_noise = log(σ/α) that every network is conditioned on.
 
 Two feature maps γ(c) ∈ R^dim, followed by the shared two-layer projection of DDPM (Ho et al. 2020,
-App. B): temb = W₂ SiLU(W₁ γ(c)).
+App. B): temb = W₂ SiLU(W₁ γ(c)); class-conditional networks add a learned label embedding to it.
 
 * ``fourier``: random Fourier features γ(c) = [sin 2π w c, cos 2π w c], w ~ N(0, scale²) fixed at
   construction (Tancik et al. 2020; score_sde's ``GaussianFourierProjection`` on log σ, scale 16).
@@ -21,6 +21,9 @@ from torch import nn
 from ..registry import Registry
 
 EMBEDDINGS: Registry[type["PeriodicFeatures"]] = Registry("time embedding")
+
+#: The label that stands for ∅, "no class": the unconditional model of a class-conditional network.
+NULL_LABEL = -1
 
 
 def _check_even(dim: int) -> None:
@@ -66,15 +69,35 @@ class SinusoidalEmbedding(PeriodicFeatures):
 
 
 class TimeEmbedding(nn.Module):
-    """temb = W₂ SiLU(W₁ γ(c_noise)) with γ one of ``EMBEDDINGS`` (DDPM's timestep MLP)."""
+    """temb = W₂ SiLU(W₁ γ(c_noise)) with γ one of ``EMBEDDINGS`` (DDPM's timestep MLP), plus, for a
+    class-conditional network (``num_classes`` = C > 0), a learned vector E[y] of the label y: rows
+    0, ..., C-1 for the classes and row C for ∅ (``NULL_LABEL``; ``labels=None`` means ∅ for all), the
+    unconditional model learnt by condition dropout (Ho & Salimans 2022, Alg. 1)."""
 
-    def __init__(self, dim: int, out_dim: int, kind: str = "fourier", scale: Optional[float] = None) -> None:
+    def __init__(
+        self, dim: int, out_dim: int, kind: str = "fourier", scale: Optional[float] = None, num_classes: int = 0
+    ) -> None:
         super().__init__()
         cls = EMBEDDINGS.get(kind)
         if scale is not None and not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"embedding scale must be a positive number, got {scale!r}")
+        if not isinstance(num_classes, int) or isinstance(num_classes, bool) or num_classes < 0:
+            raise ValueError(f"num_classes must be an integer >= 0 (0: unconditional), got {num_classes!r}")
         self.features = cls(dim, cls.default_scale if scale is None else scale)
         self.proj = nn.Sequential(nn.Linear(dim, out_dim), nn.SiLU(), nn.Linear(out_dim, out_dim))
+        self.num_classes = num_classes
+        self.label_embedding = nn.Embedding(num_classes + 1, out_dim) if num_classes else None
 
-    def forward(self, c_noise: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.features(c_noise))
+    def forward(self, c_noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        temb = self.proj(self.features(c_noise))
+        if self.label_embedding is None:
+            if labels is not None:
+                raise ValueError("labels were given to an unconditional network (num_classes=0)")
+            return temb
+        if labels is None:
+            labels = torch.full(c_noise.shape, NULL_LABEL, dtype=torch.long, device=c_noise.device)
+        if labels.shape != c_noise.shape:
+            raise ValueError(f"labels must have shape {tuple(c_noise.shape)}, got {tuple(labels.shape)}")
+        if int(labels.min()) < NULL_LABEL or int(labels.max()) >= self.num_classes:
+            raise ValueError(f"labels must lie in [0, {self.num_classes}) or be NULL_LABEL = {NULL_LABEL}")
+        return temb + self.label_embedding(torch.where(labels == NULL_LABEL, self.num_classes, labels))

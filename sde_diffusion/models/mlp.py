@@ -37,7 +37,8 @@ class ScoreMLP(ScoreNetwork):
 
     ``dim`` is the number of data dimensions; inputs of any shape (B, ...) with ``dim`` entries per
     sample are flattened and the output takes the input's shape. The output layer is zero-initialised,
-    so an untrained model outputs 0 for every input.
+    so an untrained model outputs 0 for every input. ``num_classes`` > 0 makes it class-conditional
+    (``TimeEmbedding``): ``forward(x, c_noise, labels)``.
     """
 
     def __init__(
@@ -52,6 +53,7 @@ class ScoreMLP(ScoreNetwork):
         dropout: float = 0.0,
         parameterization: str = "noise",
         sigma_data: float = 0.5,
+        num_classes: int = 0,
     ) -> None:
         super().__init__(parameterization, sigma_data)
         for name, value in (("dim", dim), ("hidden", hidden), ("num_blocks", num_blocks)):
@@ -59,7 +61,7 @@ class ScoreMLP(ScoreNetwork):
         check_dropout(dropout)
         self.dim = dim
         temb_dim = 4 * embedding_dim
-        self.time_embedding = TimeEmbedding(embedding_dim, temb_dim, embedding_type, embedding_scale)
+        self.time_embedding = TimeEmbedding(embedding_dim, temb_dim, embedding_type, embedding_scale, num_classes)
         self.input = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualMLPBlock(hidden, temb_dim, dropout) for _ in range(num_blocks))
         self.out_norm = nn.LayerNorm(hidden)
@@ -67,10 +69,10 @@ class ScoreMLP(ScoreNetwork):
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if x[0].numel() != self.dim:
             raise ValueError(f"ScoreMLP(dim={self.dim}) got inputs of shape {tuple(x.shape)}")
-        temb = self.time_embedding(c_noise)
+        temb = self.time_embedding(c_noise, labels)
         h = self.input(x.reshape(x.shape[0], self.dim))
         for block in self.blocks:
             h = block(h, temb)

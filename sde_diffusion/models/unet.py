@@ -119,6 +119,7 @@ class UNet(ScoreNetwork):
     on the way down (num_res_blocks + 1 on the way up, each taking a skip connection), with
     attention where the resolution is in ``attn_resolutions``; the middle is Res → Attn → Res at the
     lowest resolution. The last conv is zero-initialised, so an untrained model outputs 0.
+    ``num_classes`` > 0 makes it class-conditional (``TimeEmbedding``): ``forward(x, c_noise, labels)``.
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class UNet(ScoreNetwork):
         embedding_scale: Optional[float] = None,
         parameterization: str = "noise",
         sigma_data: float = 0.5,
+        num_classes: int = 0,
     ) -> None:
         super().__init__(parameterization, sigma_data)
         ch_mult, attn_resolutions = tuple(ch_mult), tuple(attn_resolutions)
@@ -157,7 +159,7 @@ class UNet(ScoreNetwork):
             raise ValueError(f"attn_resolutions {unknown} are not resolutions of this U-Net; allowed: {resolutions}")
         self.image_size, self.num_channels = image_size, num_channels
         temb_dim = 4 * nf
-        self.time_embedding = TimeEmbedding(nf, temb_dim, embedding_type, embedding_scale)
+        self.time_embedding = TimeEmbedding(nf, temb_dim, embedding_type, embedding_scale, num_classes)
         block_args = dict(temb_dim=temb_dim, dropout=dropout, skip_rescale=skip_rescale, num_heads=num_heads)
 
         self.conv_in = nn.Conv2d(num_channels, nf, 3, padding=1)
@@ -166,9 +168,10 @@ class UNet(ScoreNetwork):
         self.down = nn.ModuleList()
         self.downsample = nn.ModuleList()
         for level, mult in enumerate(ch_mult):
+            attn = resolutions[level] in attn_resolutions
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks):
-                blocks.append(Block(ch, nf * mult, attn=resolutions[level] in attn_resolutions, **block_args))
+                blocks.append(Block(ch, nf * mult, attn=attn, **block_args))
                 ch = nf * mult
                 chans.append(ch)
             self.down.append(blocks)
@@ -181,9 +184,10 @@ class UNet(ScoreNetwork):
         self.up = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for level, mult in reversed(list(enumerate(ch_mult))):
+            attn = resolutions[level] in attn_resolutions
             blocks = nn.ModuleList()
             for _ in range(num_res_blocks + 1):
-                blocks.append(Block(ch + chans.pop(), nf * mult, attn=resolutions[level] in attn_resolutions, **block_args))
+                blocks.append(Block(ch + chans.pop(), nf * mult, attn=attn, **block_args))
                 ch = nf * mult
             self.up.append(blocks)
             if level > 0:
@@ -192,11 +196,11 @@ class UNet(ScoreNetwork):
         self.norm_out = group_norm(ch)
         self.conv_out = zero_init(nn.Conv2d(ch, num_channels, 3, padding=1))
 
-    def forward(self, x: torch.Tensor, c_noise: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, c_noise: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         expected = (self.num_channels, self.image_size, self.image_size)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"UNet expects inputs of shape (B, {', '.join(map(str, expected))}), got {tuple(x.shape)}")
-        temb = self.time_embedding(c_noise)
+        temb = self.time_embedding(c_noise, labels)
         h = self.conv_in(x)
         skips = [h]
         for level, blocks in enumerate(self.down):

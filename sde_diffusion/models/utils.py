@@ -1,6 +1,7 @@
 """The model registry, ``create_model`` and ``get_score_fn``: one convention for every SDE.
 
-A network is a module ``forward(x_in, c_noise)`` that declares what it predicts
+A network is a module ``forward(x_in, c_noise)`` (``forward(x_in, c_noise, labels)`` when
+class-conditional) that declares what it predicts
 (``parameterization``: ``noise`` ε̂, ``score`` ŝ or ``data`` x̂_0) and the data scale ``sigma_data``.
 ``get_score_fn`` wraps it as the ``score_fn(x, t)`` every sampler and loss takes. With
 α = α(t), σ = σ(t) of the SDE's kernel x_t = α x_0 + σ ε:
@@ -21,7 +22,7 @@ A network is a module ``forward(x_in, c_noise)`` that declares what it predicts
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import torch
 from torch import nn
@@ -83,13 +84,17 @@ def network_inputs(
 
 def get_score_fn(sde: LinearSDE, model: nn.Module) -> ScoreFn:
     """``score_fn(x, t)`` of ``model`` under ``sde`` with the preconditioning of the module docstring.
+    It also takes an optional third argument, the (B,) labels of a class-conditional network
+    (``num_classes`` > 0; ``NULL_LABEL`` = -1 or None for the unconditional score): ``score_fn(x, t, labels)``
+    is then the class-conditional score function of ``sde_diffusion.guidance``.
 
     Gradients are not touched: training calls it with grad, samplers under ``torch.no_grad``.
     """
     to_score = PARAMETERIZATIONS.get(model.parameterization).to_score
 
-    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def score_fn(x: torch.Tensor, t: torch.Tensor, labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         x_in, c_noise, alpha, sigma = network_inputs(sde, x, t, model.sigma_data)
-        return to_score(model(x_in, c_noise), x, alpha, sigma)
+        out = model(x_in, c_noise) if labels is None else model(x_in, c_noise, labels)
+        return to_score(out, x, alpha, sigma)
 
     return score_fn

@@ -1,0 +1,128 @@
+"""Training quality and throughput (issue §8).
+
+    python -m benchmarks.train_quality [--train-seconds 120] [--n 10000] [--threads N] [--skip-quality]
+
+1. Ring quality: the residual MLP of ``configs/vp/ring.py`` is trained for at most ``--train-seconds``
+   of wall clock (in chunks of ``--chunk`` steps; each chunk resumes from the previous checkpoint,
+   which is exact), then ``--n`` samples are drawn with the config's PC sampler and with the
+   probability-flow ODE (dopri5, rtol = atol = 1e-5) from the EMA weights. Criteria:
+   energy distance to ``--n`` true samples ≤ 2× the noise floor, i.e. the mean true-vs-true energy
+   distance of independent sets of the same size (``--floor-reps`` replicates), and mode-weight total
+   variation ≤ 0.02.
+2. Throughput: training steps per second (loss, backward, clipping, Adam, EMA) for the ring MLP and
+   the digits U-Net at their configs' batch sizes, after warm-up steps.
+
+Prints a table and writes ``benchmarks/results/train_quality.json``. Timings depend on the machine and
+its load: run on a quiet machine before quoting them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+
+import torch
+
+from sde_diffusion import datasets, losses
+from sde_diffusion.config import apply_overrides, load_config
+from sde_diffusion.metrics import energy_distance, mode_weight_tv, sample_tv_bound
+from sde_diffusion.run import build_sde, draw_samples, load_score_fn
+from sde_diffusion.targets import ring
+from sde_diffusion.train import init_state, train, train_step
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RING, DIGITS = (os.path.join(ROOT, "configs", "vp", f"{name}.py") for name in ("ring", "digits"))
+SAMPLERS = {"pc": {}, "ode": {"sampling.method": "ode", "sampling.ode.rtol": 1e-5, "sampling.ode.atol": 1e-5, "sampling.ode.denoise": True}}
+
+
+def train_for(config_path: str, workdir: str, seconds: float, chunk: int) -> tuple[int, float]:
+    """Train in chunks of ``chunk`` steps until the next chunk would pass ``seconds`` (projected from
+    the slowest chunk so far); returns (steps, training seconds)."""
+    shutil.rmtree(workdir, ignore_errors=True)
+    steps, spent, slowest = 0, 0.0, 0.0
+    while spent + slowest < seconds:
+        config = load_config(config_path, {"training.n_iters": steps + chunk, "training.snapshot_freq": chunk,
+                                           "training.sample_freq": 0, "training.progress": False})
+        start = time.perf_counter()
+        steps = train(config, workdir).step
+        elapsed = time.perf_counter() - start
+        spent, slowest = spent + elapsed, max(slowest, elapsed)
+    return steps, spent
+
+
+def ring_quality(args: argparse.Namespace) -> dict:
+    workdir = os.path.join(ROOT, "runs", "train_quality_ring")
+    steps, seconds = train_for(RING, workdir, args.train_seconds, args.chunk)
+    print(f"ring MLP: {steps} steps in {seconds:.0f} s")
+    target = ring()
+    g = torch.Generator().manual_seed(2024)
+    truth = target.sample(args.n, g)
+    floors = [energy_distance(target.sample(args.n, g), target.sample(args.n, g)) for _ in range(args.floor_reps)]
+    floor = sum(floors) / len(floors)
+    out = {"train_steps": steps, "train_seconds": seconds, "n": args.n, "noise_floor": floor, "noise_floor_reps": floors,
+           "tv_sampling_bound_4sigma": sample_tv_bound(target, args.n)}
+    base = load_config(RING)
+    sde, score_fn = load_score_fn(base, workdir)
+    for tag, overrides in SAMPLERS.items():
+        config = apply_overrides(base, overrides)
+        start = time.perf_counter()
+        x, nfe = draw_samples(config, sde, score_fn, args.n, seed=7, progress=True)
+        ed, tv = energy_distance(x, truth), mode_weight_tv(target, x)
+        out[tag] = {"nfe": nfe, "seconds": time.perf_counter() - start, "energy": ed, "energy_over_floor": ed / floor,
+                    "mode_tv": tv, "pass": ed <= 2 * floor and tv <= 0.02}
+        print(f"  {tag}: NFE {nfe}, energy {ed:.2e} = {ed / floor:.2f}× floor ({floor:.2e}), mode TV {tv:.4f}"
+              f" -> {'PASS' if out[tag]['pass'] else 'FAIL'}")
+    return out
+
+
+def throughput(config_path: str, warmup: int, steps: int) -> dict:
+    """Training steps per second at the config's batch size: ``steps`` timed after ``warmup``."""
+    config = load_config(config_path)
+    state = init_state(config)
+    loss_fn = losses.get_loss_fn(build_sde(config), config.training)
+    data = datasets.get_dataset(config.data)[0]
+    dequantize = datasets.get_dequantizer(config.data)
+    bs = config.training.batch_size
+
+    def step() -> None:
+        batch = data[torch.randint(data.shape[0], (bs,), generator=state.data_generator)]
+        train_step(state, loss_fn, batch if dequantize is None else dequantize(batch, state.noise_generator), config.optim)
+
+    for _ in range(warmup):
+        step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    rate = steps / (time.perf_counter() - start)
+    n_params = sum(p.numel() for p in state.model.parameters())
+    return {"model": config.model.name, "params": n_params, "batch_size": bs, "steps_per_s": rate, "samples_per_s": rate * bs}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--train-seconds", type=float, default=120.0)
+    parser.add_argument("--chunk", type=int, default=500)
+    parser.add_argument("--n", type=int, default=10000)
+    parser.add_argument("--floor-reps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--skip-quality", action="store_true", help="only measure throughput")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    result = {"threads": args.threads}
+    if not args.skip_quality:
+        result["ring"] = ring_quality(args)
+    result["throughput"] = {name: throughput(path, warmup=5, steps=30) for name, path in (("ring_mlp", RING), ("digits_unet", DIGITS))}
+    print(f"throughput ({args.threads} threads):")
+    for name, row in result["throughput"].items():
+        print(f"  {name}: {row['params']} parameters, batch {row['batch_size']}: {row['steps_per_s']:.1f} steps/s ({row['samples_per_s']:.0f} samples/s)")
+    os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
+    path = os.path.join(ROOT, "benchmarks", "results", "train_quality.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
