@@ -17,6 +17,9 @@ tolerances instead. Deterministic methods (measured: two runs from the same late
 generators agree bit for bit) are also scored against the reference: median and RMS distance and
 the fraction of samples that changed mode (RMS alone is dominated by those few; anchor-fast-solvers
 §6.3). Every row gets the distribution metrics of ``sde_diffusion.metrics``.
+
+Under torchrun the runs on all latents and the reference are split across the processes
+(``solve_split``) and every process scores the gathered samples, so all of them return the same rows.
 """
 from __future__ import annotations
 
@@ -36,7 +39,7 @@ from torchdiffeq import odeint
 import solvers
 from solvers.common import CountedScore, ScoreFn, full_time, tweedie_denoise
 
-from . import metrics
+from . import distributed, metrics
 from .mixtures import GaussianMixture
 from .parameterization import data_from_score
 from .sde_lib import LinearSDE
@@ -190,6 +193,22 @@ def prior_latents(problem: Problem) -> torch.Tensor:
     z = problem.sde.prior_sampling((problem.n, *problem.shape), generator=g, dtype=torch.float64)
     scale = float(problem.sde.sigma(torch.tensor(problem.t_start, dtype=torch.float64))) / problem.sde.prior_std
     return (scale * z).to(device=problem.device, dtype=problem.dtype)
+
+
+def solve_split(solve: Callable[[torch.Tensor], tuple[torch.Tensor, int]], x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``solve(x) -> (samples, nfe)`` with the rows of x split across the processes of a torchrun job:
+    each solves its contiguous block, and the samples are gathered in order on every process. The NFE
+    is the largest of the processes': the same for fixed steps, while an adaptive solver steps for the
+    hardest sample of its block as a single process does for that of the whole batch. An exception on
+    any process is raised on all (``distributed.gather_outcomes``)."""
+    rows = distributed.local_rows(x.shape[0])
+
+    def solve_block() -> tuple[torch.Tensor, int]:
+        y, nfe = solve(x[rows])
+        return y.cpu(), nfe
+
+    parts = distributed.gather_outcomes(solve_block)
+    return torch.cat([y for y, _ in parts]).to(x.device), max(nfe for _, nfe in parts)
 
 
 def reference_solution(
@@ -351,8 +370,8 @@ class Benchmark:
         """The reference solution; its error is estimated by the median distance to a solution at a
         100× looser tolerance (an upper bound for the tighter one when the solver converges)."""
         p, tol = self.problem, self.reference_tol
-        x, self.reference_nfe = reference_solution(p, self.latents, rtol=tol, atol=tol, method=self.reference_method)
-        coarse, _ = reference_solution(p, self.latents, rtol=100 * tol, atol=100 * tol, method=self.reference_method)
+        x, self.reference_nfe = solve_split(lambda x_T: reference_solution(p, x_T, rtol=tol, atol=tol, method=self.reference_method), self.latents)
+        coarse, _ = solve_split(lambda x_T: reference_solution(p, x_T, rtol=100 * tol, atol=100 * tol, method=self.reference_method), self.latents)
         self.reference_error = metrics.distance_to_reference(coarse, x)["median"]
         return x.to(p.dtype)
 
@@ -419,7 +438,7 @@ class Benchmark:
             deterministic = self.is_deterministic(spec, tol)
         p = self.problem
         start = time.perf_counter()
-        x, nfe = self._sample(spec, self.latents, steps, tol, seed=p.seed + 2)
+        x, nfe = solve_split(lambda x_T: self._sample(spec, x_T, steps, tol, seed=distributed.rank_seed(p.seed + 2)), self.latents)
         seconds = time.perf_counter() - start
         scores = quality(
             x,

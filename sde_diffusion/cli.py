@@ -1,6 +1,9 @@
 """Command line: ``python -m sde_diffusion <train|sample|likelihood|bench> --config FILE --workdir DIR``
 with score_sde-style overrides such as ``--config.training.n_iters=2000`` (absl + ml_collections
 ``config_flags``; the config is locked, so a misspelt field is an error).
+
+``torchrun --nproc_per_node=N -m sde_diffusion <train|likelihood|bench> ...`` runs the command on N
+processes (``sde_diffusion.distributed``): data-parallel training, evaluation split across processes.
 """
 from __future__ import annotations
 
@@ -20,15 +23,19 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 Command = Callable[[ConfigDict, str], None]
 COMMANDS: Registry[Command] = Registry("command")
+#: Commands that split their work across the processes of a torchrun job.
+MULTI_PROCESS_COMMANDS = ("train", "likelihood", "bench")
 
 
 @COMMANDS.register("train")
 def _train(config: ConfigDict, workdir: str) -> None:
     """Train (resuming from the latest checkpoint in the workdir)."""
+    from .distributed import is_main
     from .train import train
 
     state = train(config, workdir)
-    print(f"trained to step {state.step}; checkpoints, TensorBoard logs and samples are under {workdir}")
+    if is_main():
+        print(f"trained to step {state.step}; checkpoints, TensorBoard logs and samples are under {workdir}")
 
 
 @COMMANDS.register("sample")
@@ -84,6 +91,7 @@ def _explain_bad_override(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
+    from . import distributed
     from .config import validate
     from .train import NonFiniteLossError
 
@@ -91,8 +99,11 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"usage: python -m sde_diffusion <{'|'.join(COMMANDS.names())}> --config FILE --workdir DIR [--config.a.b=value ...]")
     try:
         config = validate(FLAGS.config)
-        COMMANDS.get(argv[1])(config, FLAGS.workdir)
-    except (ValueError, NonFiniteLossError) as err:
+        if distributed.launched() and argv[1] not in MULTI_PROCESS_COMMANDS:
+            raise ValueError(f"{argv[1]!r} runs on one process; launch it without torchrun (multi-process: {', '.join(MULTI_PROCESS_COMMANDS)})")
+        with distributed.process_group(config.device):
+            COMMANDS.get(argv[1])(config, FLAGS.workdir)
+    except (ValueError, NonFiniteLossError, distributed.ProcessGroupError) as err:
         sys.exit(f"error: {err}")
 
 

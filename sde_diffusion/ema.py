@@ -77,4 +77,4 @@ class EMA:
                 f"EMA state has parameters {sorted(state['shadow'])}, the model has {sorted(self.shadow)}"
             )
         self.decay, self.warmup, self.num_updates = float(state["decay"]), bool(state["warmup"]), int(state["num_updates"])
-        self.shadow = {name: t.detach().clone() for name, t in state["shadow"].items()}
+        self.shadow = {name: t.detach().to(self.shadow[name].device, copy=True) for name, t in state["shadow"].items()}

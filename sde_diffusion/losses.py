@@ -218,7 +218,8 @@ def get_loss_fn(sde: LinearSDE, training_config: Any) -> LossFn:
     ``batch``, with fields ``weighting`` ('sigma2' | 'likelihood'), ``importance_sampling``, ``reduce``
     ('mean' | 'sum') and ``eps`` (1e-5). A class-conditional model takes the batch's (B,) ``labels``,
     dropped to ∅ with probability ``cond_drop_prob`` (0). ``generator`` (on the batch's device) drives
-    every random draw."""
+    every random draw. ``rows`` averages over those rows of the batch only, with the random draws of the
+    whole batch: one process's share of a data-parallel step (``distributed.RowShard``)."""
     per_sample = get_per_sample_loss_fn(sde, training_config)
     reduce = _field(training_config, "reduce", "mean")
     if reduce not in REDUCTIONS:
@@ -232,10 +233,11 @@ def get_loss_fn(sde: LinearSDE, training_config: Any) -> LossFn:
         batch: torch.Tensor,
         generator: Optional[torch.Generator] = None,
         labels: Optional[torch.Tensor] = None,
+        rows: slice = slice(None),
     ) -> torch.Tensor:
         score_fn = get_score_fn(sde, model)
         y = None if labels is None else drop_labels(labels, cond_drop_prob, generator)
-        losses = per_sample(lambda x, t: score_fn(x, t, y), batch, generator)
+        losses = per_sample(lambda x, t: score_fn(x, t, y), batch, generator)[rows]
         if reduce == "mean":
             losses = losses / batch[0].numel()
         return losses.mean()

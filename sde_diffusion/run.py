@@ -17,7 +17,7 @@ from torch import nn
 
 import solvers
 
-from . import datasets, models
+from . import datasets, distributed, models
 from .checkpoints import latest_checkpoint, load_checkpoint
 from .ema import EMA
 from .guidance import classifier_free_guidance
@@ -55,13 +55,24 @@ def check_compatible(config: ConfigDict, trained: ConfigDict, source: str) -> No
         raise ValueError(f"the config does not match the one {source} was trained with: " + "; ".join(diffs))
 
 
+def latest_state(workdir: str) -> tuple[Optional[str], Optional[dict]]:
+    """``(path, state)`` of the latest checkpoint of ``workdir`` (tensors on the CPU), or (None, None).
+    In a multi-process run rank 0 reads it and sends it to every process, so only the disk of rank 0,
+    which writes the checkpoints, needs to hold them."""
+
+    def read() -> tuple[Optional[str], Optional[dict]]:
+        path = latest_checkpoint(checkpoint_dir(workdir))
+        return path, None if path is None else load_checkpoint(path, map_location="cpu")
+
+    return distributed.from_main(read)
+
+
 def load_score_fn(config: ConfigDict, workdir: str) -> tuple[LinearSDE, ScoreFn]:
     """``(sde, score_fn)`` of the run in ``workdir``, with the EMA weights of its latest checkpoint
     (in eval mode, without gradients)."""
-    path = latest_checkpoint(checkpoint_dir(workdir))
+    path, state = latest_state(workdir)
     if path is None:
         raise ValueError(f"no checkpoint in {checkpoint_dir(workdir)!r}; train first")
-    state = load_checkpoint(path, map_location=config.device)
     check_compatible(config, ConfigDict(json.loads(state["config"])), path)
     sde, model = build_sde(config), build_model(config)
     model.load_state_dict(state["model"])

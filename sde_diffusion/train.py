@@ -12,6 +12,12 @@ Everything random has its own seeded generator (``data``: batch indices; ``noise
 dequantisation of the loss) or is seeded from ``config.seed`` (initial weights, dropout); all their
 states are checkpointed, so a run interrupted and resumed in the same workdir ends with the same
 weights as an uninterrupted one (bit for bit on the CPU).
+
+Under ``torchrun`` the step is data-parallel (``sde_diffusion.distributed``): ``batch_size`` is the
+global batch, drawn with its loss noise alike on every process, each of the W processes evaluating
+the network on its B/W rows; the averaged gradient is the full-batch one, so W processes follow the
+single-process trajectory up to floating-point summation order (without dropout, whose masks each
+process draws for its own rows). Rank 0 alone logs and writes checkpoints, which any W resumes.
 """
 from __future__ import annotations
 
@@ -29,12 +35,12 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from . import datasets, losses, models
-from .checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint
+from . import datasets, distributed, losses, models
+from .checkpoints import latest_checkpoint, save_checkpoint
 from .ema import EMA
 from .plotting import image_grid, scatter_figure
 from .registry import Registry
-from .run import build_model, build_sde, check_compatible, checkpoint_dir, draw_samples, write_samples
+from .run import build_model, build_sde, check_compatible, checkpoint_dir, draw_samples, latest_state, write_samples
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], ConfigDict], torch.optim.Optimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
@@ -130,10 +136,10 @@ def init_state(config: ConfigDict) -> TrainState:
 
 
 def restore(state: TrainState, config: ConfigDict, workdir: str) -> Optional[str]:
-    """Load the latest checkpoint of ``workdir`` into ``state``; its path, or None if there is none."""
-    path = latest_checkpoint(checkpoint_dir(workdir))
+    """Load the latest checkpoint of ``workdir`` into ``state`` (on every process, from rank 0's
+    copy); its path, or None if there is none."""
+    path, saved = latest_state(workdir)
     if path is not None:
-        saved = load_checkpoint(path, map_location=config.device)
         check_compatible(config, ConfigDict(json.loads(saved["config"])), path)
         state.load_state_dict(saved)
     return path
@@ -149,15 +155,22 @@ def save(state: TrainState, config: ConfigDict, workdir: str) -> str:
 
 
 def train_step(
-    state: TrainState, loss_fn: losses.LossFn, batch: torch.Tensor, optim: ConfigDict, labels: Optional[torch.Tensor] = None
+    state: TrainState,
+    loss_fn: losses.LossFn,
+    batch: torch.Tensor,
+    optim: ConfigDict,
+    labels: Optional[torch.Tensor] = None,
+    shard: Optional[distributed.RowShard] = None,
 ) -> tuple[float, float, float]:
     """One optimiser step (module docstring), with the batch's class ``labels`` for a class-conditional
     model; returns ``(loss, gradient norm, learning rate)`` and raises ``NonFiniteLossError`` before
-    touching the weights if the loss or gradient is not finite."""
+    touching the weights if the loss or gradient is not finite. With a ``shard`` (multi-process) this
+    process evaluates its rows of the global batch and the loss is the mean over processes."""
     n = state.step + 1
     state.model.train()
-    loss = loss_fn(state.model, batch, generator=state.noise_generator, labels=labels)
-    value = float(loss.detach())
+    network, rows = (state.model, slice(None)) if shard is None else (shard, shard.rows)
+    loss = loss_fn(network, batch, generator=state.noise_generator, labels=labels, rows=rows)
+    value = distributed.mean(loss.detach())
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the loss is {value} at step {n}")
     state.optimizer.zero_grad(set_to_none=True)
@@ -193,10 +206,14 @@ def log_samples(writer: SummaryWriter, state: TrainState, config: ConfigDict, wo
 def train(config: ConfigDict, workdir: str) -> TrainState:
     """Train per ``config`` (validated by ``config.validate``) in ``workdir``, resuming from its
     latest checkpoint; returns the final state. Raises ``NonFiniteLossError`` naming the step if
-    the loss diverges, leaving the checkpoints written so far intact."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-        f.write(config.to_json(indent=2))
+    the loss diverges, leaving the checkpoints written so far intact. In a multi-process run every
+    process returns the same state once rank 0 has written the last checkpoint; if a process stops,
+    the others raise ``distributed.ProcessGroupError`` naming the checkpoint to resume from."""
+    main = distributed.is_main()
+    if main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
     tc = config.training
     sde = build_sde(config)
     loss_fn = losses.get_loss_fn(sde, tc)
@@ -205,9 +222,13 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
     dequantize = datasets.get_dequantizer(config.data)
     state = init_state(config)
     resumed = restore(state, config, workdir)
-    writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=state.step + 1)
-    bar = tqdm(total=tc.n_iters, initial=state.step, desc="training", disable=not tc.progress, dynamic_ncols=True)
-    if resumed:
+    shard = distributed.shard_model(state.model, tc.batch_size)
+    distributed.seed_other_ranks(config.seed + state.step)
+    writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=state.step + 1) if main else None
+    bar = tqdm(total=tc.n_iters, initial=state.step, desc="training", disable=not (tc.progress and main), dynamic_ncols=True)
+    if main and shard is not None:
+        bar.write(f"data-parallel on {distributed.describe()}: {tc.batch_size // distributed.world_size()} rows of each global batch of {tc.batch_size} per process")
+    if main and resumed:
         bar.write(f"resumed from {resumed} at step {state.step}")
     try:
         while state.step < tc.n_iters:
@@ -215,22 +236,35 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
             batch, labels = train_data[idx], None if train_labels is None else train_labels[idx]
             if dequantize is not None:
                 batch = dequantize(batch, state.noise_generator)
-            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim, labels)
+            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim, labels, shard)
             bar.update(1)
-            if state.step % tc.log_freq == 0:
+            if main and state.step % tc.log_freq == 0:
                 writer.add_scalar("training/loss", loss, state.step)
                 writer.add_scalar("training/lr", lr, state.step)
                 writer.add_scalar("training/grad_norm", grad_norm, state.step)
                 bar.set_postfix(loss=f"{loss:.4f}")
-            if state.step % tc.snapshot_freq == 0 or state.step == tc.n_iters:
+            if main and (state.step % tc.snapshot_freq == 0 or state.step == tc.n_iters):
                 save(state, config, workdir)
-            if tc.sample_freq and (state.step % tc.sample_freq == 0 or state.step == tc.n_iters):
+            if main and tc.sample_freq and (state.step % tc.sample_freq == 0 or state.step == tc.n_iters):
                 log_samples(writer, state, config, workdir, sde)
+        distributed.barrier()
     except NonFiniteLossError as err:
-        last = latest_checkpoint(checkpoint_dir(workdir))
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written"
-        raise NonFiniteLossError(f"{err}; training stopped, {kept}") from None
+        raise NonFiniteLossError(f"{err}; training stopped, {_last_checkpoint(workdir)}") from None
+    except RuntimeError as err:
+        if shard is None:
+            raise
+        raise distributed.ProcessGroupError(
+            f"rank {distributed.rank()} of {distributed.world_size()} stopped after step {state.step}: {err}."
+            f" If another process stopped first, the launcher's report names its rank; {_last_checkpoint(workdir)};"
+            " rerun the command, with any number of processes, to resume from it"
+        ) from err
     finally:
         bar.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     return state
+
+
+def _last_checkpoint(workdir: str) -> str:
+    last = latest_checkpoint(checkpoint_dir(workdir))
+    return f"the last good checkpoint is {last}" if last else "no checkpoint was written"

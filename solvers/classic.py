@@ -25,8 +25,9 @@ def euler_maruyama(
     probability_flow: bool,
     denoise: bool,
 ) -> torch.Tensor:
-    """Euler–Maruyama on the reverse SDE (Song et al. 2021, eq. 6), or with ``probability_flow`` Euler on
-    the probability-flow ODE (eq. 13), on ``steps`` (default N) uniform steps from T to eps:
+    """Euler–Maruyama on the reverse SDE, or Euler on the probability-flow ODE (Song et al. 2021, eqs. 6, 13).
+
+    On ``steps`` (default N) uniform steps from T to eps, h = t_i - t_{i+1}:
       x ← x - h [f(t_i) x - c g(t_i)² s(x, t_i)] + g̃(t_i) √h z,   c = 1, g̃ = g (SDE);  c = ½, g̃ = 0 (ODE),
     that is ``pc`` with the ``euler_maruyama`` predictor and no corrector. ``denoise`` adds a final Tweedie
     step at eps (one more score evaluation).

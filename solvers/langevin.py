@@ -61,8 +61,10 @@ def annealed_langevin(
     sigma_max: Optional[float],
     denoise: bool,
 ) -> torch.Tensor:
-    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) on L = ``steps`` (default 100) geometric
-    levels σ_1 = ``sigma_max`` > ... > σ_L = ``sigma_min``, ``n_steps_each`` steps per level:
+    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) on geometric noise levels.
+
+    On L = ``steps`` (default 100) levels σ_1 = ``sigma_max`` > ... > σ_L = ``sigma_min``, ``n_steps_each``
+    steps per level:
       x ← x + (α_i/2) s(x, σ_i) + √α_i z,   α_i = ε σ_i² / σ_L²   (ε = ``step_lr``).
 
     Levels are noise levels of x/α, i.e. half log-SNRs λ = -log σ: the chain runs on x̃ = x/α with score

@@ -85,9 +85,11 @@ def ode(
     atol: float,
     denoise: bool,
 ) -> torch.Tensor:
-    """Probability-flow ODE sampling (Song et al. 2021, eq. 13): dx/dt = f(t) x - ½ g(t)² s(x, t) from T to
-    eps with a torchdiffeq ``solver`` (adaptive: ``rtol`` / ``atol``; fixed-grid: ``steps``, default 100);
-    ``denoise`` adds a final Tweedie step at eps (one more score evaluation)."""
+    """Probability-flow ODE sampling (Song et al. 2021, eq. 13) with a torchdiffeq solver.
+
+    dx/dt = f(t) x - ½ g(t)² s(x, t) from T to eps with ``solver`` (adaptive: ``rtol`` / ``atol``;
+    fixed-grid: ``steps``, default 100); ``denoise`` adds a final Tweedie step at eps (one more score
+    evaluation)."""
     x = solve_pf_ode(
         sde, score_fn, x, sde.T, eps, eps=eps, solver=solver, steps=steps, rtol=rtol, atol=atol, progress=progress
     )

@@ -69,7 +69,7 @@ def euler_maruyama_predictor(sde: LinearSDE, steps: Optional[int], eps: float, p
 
 def _chain_walk(sde: LinearSDE, steps: Optional[int], name: str) -> tuple[Levels, list[int]]:
     """The levels of the SDE's discretisation and the levels k = N, ..., 1 a chain predictor visits: N - 1
-    transitions, the last one to the data being the final Tweedie step (see ``pc``)."""
+    transitions (from ks[:-1]), the one from level 1 to the data being the final Tweedie step (see ``pc``)."""
     if steps not in (None, sde.N - 1):
         raise ValueError(
             f"predictor {name!r} walks the SDE's {sde.N} discrete levels, so steps must be N - 1 = {sde.N - 1}"
@@ -82,24 +82,31 @@ def _chain_walk(sde: LinearSDE, steps: Optional[int], name: str) -> tuple[Levels
 def reverse_diffusion_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
     """Reverse diffusion (Song et al. 2021, eq. 46): undoes the forward step x_k = a_k x_{k-1} + G_k z of
     the SDE's discretisation, from level k to k - 1:
-      x ← x - (a_k - 1) x + c G_k² s + g̃ G_k z,   a_k = α_k / α_{k-1},  G_k² = σ_k² - a_k² σ_{k-1}²,
-    (c, g̃ as in ``euler_maruyama_predictor``). DDPM: a_k = √(1 - β_k), G_k² = β_k; SMLD: a_k = 1,
-    G_k² = σ_k² - σ_{k-1}², the coefficients of ``sde.discretize``; sub-VP: its exact kernel at kT/N."""
+      x ← x - (a_k - 1) x + c G_k² s_k + g̃ G_k z,   a_k = α_k / α_{k-1},  G_k² = σ_k² - a_k² σ_{k-1}²,
+    (c, g̃ as in ``euler_maruyama_predictor``; s_k the level's score, ``Levels.level_score``). DDPM:
+    a_k = √(1 - β_k), G_k² = β_k; SMLD: a_k = 1, G_k² = σ_k² - σ_{k-1}², the coefficients of
+    ``sde.discretize``; sub-VP: its exact kernel at kT/N. A first-order reversal, accurate for small steps
+    (G_k² ≪ 1); the cosine-VP chain's last step, clipped at β_N = 0.999, is not (x ← 1.97 x + ...): use
+    ``ancestral_sampling`` there."""
     lv, ks = _chain_walk(sde, steps, "reverse_diffusion")
-    a = [lv.alpha[k] / lv.alpha[k - 1] for k in ks]
-    G2 = [lv.sigma[k] ** 2 - a_k**2 * lv.sigma[k - 1] ** 2 for k, a_k in zip(ks, a)]
     c = 0.5 if probability_flow else 1.0
-    keep, drift = [2.0 - a_k for a_k in a], [c * G2_k for G2_k in G2]
-    std = [0.0 if probability_flow else math.sqrt(G2_k) for G2_k in G2]
+    keep, drift, std = [], [], []
+    for k in ks[:-1]:
+        a_k = lv.alpha[k] / lv.alpha[k - 1]
+        G2 = lv.sigma[k] ** 2 - a_k**2 * lv.sigma[k - 1] ** 2
+        score_scale, score_shift = lv.level_score(k)
+        keep.append(2.0 - a_k + c * G2 * score_shift)
+        drift.append(c * G2 * score_scale)
+        std.append(0.0 if probability_flow else math.sqrt(G2))
     return Predictor([lv.t[k] for k in ks], _affine_step(keep, drift, std))
 
 
 @PREDICTORS.register("ancestral_sampling")
 def ancestral_sampling_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
     """Ancestral sampling of the SDE's discrete chain (Song et al. 2021, eq. 47; ``sde.chain.ancestral_step``),
-    from level k to k - 1:
-      DDPM: x ← (x + β_k s) / √(1 - β_k) + √β_k z,
-      SMLD: x ← x + (σ_k² - σ_{k-1}²) s + √(σ_{k-1}² (σ_k² - σ_{k-1}²) / σ_k²) z."""
+    from level k to k - 1, with s_k the level's score (``Levels.level_score``):
+      DDPM: x ← (x + β_k s_k) / √(1 - β_k) + √β_k z,
+      SMLD: x ← x + (σ_k² - σ_{k-1}²) s_k + √(σ_{k-1}² (σ_k² - σ_{k-1}²) / σ_k²) z."""
     if sde.chain is None:
         raise ValueError(
             f"predictor 'ancestral_sampling' needs an SDE with a discrete chain (DDPM for vp, SMLD for ve);"
@@ -108,9 +115,13 @@ def ancestral_sampling_predictor(sde: LinearSDE, steps: Optional[int], eps: floa
     if probability_flow:
         raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion'")
     lv, ks = _chain_walk(sde, steps, "ancestral_sampling")
-    index = [torch.tensor(k - 1) for k in ks]
+    index = [torch.tensor(k - 1) for k in ks[:-1]]
+    level_score = [lv.level_score(k) for k in ks[:-1]]
 
     def step(x: torch.Tensor, score: torch.Tensor, i: int, generator: Optional[torch.Generator]) -> torch.Tensor:
+        scale, shift = level_score[i]
+        if (scale, shift) != (1.0, 0.0):
+            score = scale * score + shift * x
         return sde.chain.ancestral_step(x, score, index[i], noise_like(x, generator))[0]
 
     return Predictor([lv.t[k] for k in ks], step)
@@ -174,9 +185,11 @@ def pc(
     probability_flow: bool,
     denoise: bool,
 ) -> torch.Tensor:
-    """Predictor–corrector sampling (Song et al. 2021, Alg. 1): for i = 0, ..., S-1 the predictor moves x
-    from t_i to t_{i+1}, then ``n_steps_each`` corrector steps x ← x + ε s + √(2ε) z run at t_{i+1};
-    ``denoise`` ends with the Tweedie step x̂_0 = (x + σ² s) / α at t_S (one more score evaluation).
+    """Predictor–corrector sampling (Song et al. 2021, Alg. 1).
+
+    For i = 0, ..., S-1 the predictor moves x from t_i to t_{i+1}, then ``n_steps_each`` corrector steps
+    x ← x + ε s + √(2ε) z run at t_{i+1}; ``denoise`` ends with the Tweedie step x̂_0 = (x + σ² s) / α at
+    t_S (one more score evaluation).
 
     The grid is the predictor's: S = ``steps`` (default N) uniform steps from T to eps for
     ``euler_maruyama`` and ``none``; for the chain predictors ``reverse_diffusion`` and

@@ -51,11 +51,12 @@ def test_strided_levels(steps, stride):
 def test_reverse_diffusion_is_score_sde_discretisation(name, probability_flow, gen):
     """The reverse-diffusion step from level k equals x - rev_f + rev_G z of
     ``sde.reverse(score_fn, probability_flow).discretize`` at the time score_sde maps to chain index
-    k - 1 (t = (k - 1) T / (N - 1)), with the same noise z: to 1e-12 (rounding only)."""
+    k - 1 (t = (k - 1) T / (N - 1)), with the same noise z: to 1e-12 (rounding only). (Levels above the
+    SDE's T, VP's top 4, first convert the score at T to the level's: ``Levels.level_score``.)"""
     sde = get_sde(name)
     predictor = PREDICTORS.get("reverse_diffusion")(sde, None, sde.default_eps, probability_flow)
     x, score = torch.randn(16, 2, generator=gen, dtype=F64), torch.randn(16, 2, generator=gen, dtype=F64)
-    for i in (0, 400, sde.N - 2):
+    for i in (10, 400, sde.N - 2):
         k = sde.N - i
         ours = predictor.step(x, score, i, torch.Generator().manual_seed(i))
         rev_f, rev_G = sde.reverse(lambda x, t: score, probability_flow).discretize(x, (k - 1) * sde.T / (sde.N - 1))
