@@ -1,16 +1,18 @@
 """Training quality and throughput (issue §8).
 
-    python -m benchmarks.train_quality [--train-seconds 120] [--n 10000] [--threads N] [--skip-quality]
+    python -m benchmarks.train_quality [--train-seconds 120] [--clock wall|cpu] [--n 10000] [--threads N]
+                                       [--skip-quality]
 
 1. Ring quality: the residual MLP of ``configs/vp/ring.py`` is trained for at most ``--train-seconds``
-   of wall clock (in chunks of ``--chunk`` steps; each chunk resumes from the previous checkpoint,
+   of ``--clock`` time (in chunks of ``--chunk`` steps; each chunk resumes from the previous checkpoint,
    which is exact), then ``--n`` samples are drawn with the config's PC sampler and with the
    probability-flow ODE (dopri5, rtol = atol = 1e-5) from the EMA weights. Criteria:
    energy distance to ``--n`` true samples ≤ 2× the noise floor, i.e. the mean true-vs-true energy
    distance of independent sets of the same size (``--floor-reps`` replicates), and mode-weight total
    variation ≤ 0.02.
 2. Throughput: training steps per second (loss, backward, clipping, Adam, EMA) for the ring MLP and
-   the digits U-Net at their configs' batch sizes, after warm-up steps.
+   the digits U-Net at their configs' batch sizes, after warm-up steps, per second of elapsed time and
+   per CPU second of the process.
 
 Prints a table and writes ``benchmarks/results/train_quality.json``. Timings depend on the machine and
 its load: run on a quiet machine before quoting them.
@@ -22,6 +24,7 @@ import json
 import os
 import shutil
 import time
+from typing import Callable
 
 import torch
 
@@ -34,34 +37,37 @@ from sde_diffusion.train import init_state, train, train_step
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RING, DIGITS = (os.path.join(ROOT, "configs", "vp", f"{name}.py") for name in ("ring", "digits"))
+#: ``wall``: elapsed time; ``cpu``: CPU seconds of this process, a stand-in for the elapsed time on a quiet
+#: machine when the benchmark shares a busy one (with ``--threads 1``).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 SAMPLERS = {"pc": {}, "ode": {"sampling.method": "ode", "sampling.ode.rtol": 1e-5, "sampling.ode.atol": 1e-5, "sampling.ode.denoise": True}}
 
 
-def train_for(config_path: str, workdir: str, seconds: float, chunk: int) -> tuple[int, float]:
-    """Train in chunks of ``chunk`` steps until the next chunk would pass ``seconds`` (projected from
-    the slowest chunk so far); returns (steps, training seconds)."""
+def train_for(config_path: str, workdir: str, seconds: float, chunk: int, clock: Callable[[], float]) -> tuple[int, float]:
+    """Train in chunks of ``chunk`` steps until the next chunk would pass ``seconds`` of ``clock``
+    (projected from the slowest chunk so far); returns (steps, training seconds)."""
     shutil.rmtree(workdir, ignore_errors=True)
     steps, spent, slowest = 0, 0.0, 0.0
     while spent + slowest < seconds:
         config = load_config(config_path, {"training.n_iters": steps + chunk, "training.snapshot_freq": chunk,
                                            "training.sample_freq": 0, "training.progress": False})
-        start = time.perf_counter()
+        start = clock()
         steps = train(config, workdir).step
-        elapsed = time.perf_counter() - start
+        elapsed = clock() - start
         spent, slowest = spent + elapsed, max(slowest, elapsed)
     return steps, spent
 
 
 def ring_quality(args: argparse.Namespace) -> dict:
     workdir = os.path.join(ROOT, "runs", "train_quality_ring")
-    steps, seconds = train_for(RING, workdir, args.train_seconds, args.chunk)
-    print(f"ring MLP: {steps} steps in {seconds:.0f} s")
+    steps, seconds = train_for(RING, workdir, args.train_seconds, args.chunk, CLOCKS[args.clock])
+    print(f"ring MLP: {steps} steps in {seconds:.0f} s ({args.clock} clock, {args.threads} threads)")
     target = ring()
     g = torch.Generator().manual_seed(2024)
     truth = target.sample(args.n, g)
     floors = [energy_distance(target.sample(args.n, g), target.sample(args.n, g)) for _ in range(args.floor_reps)]
     floor = sum(floors) / len(floors)
-    out = {"train_steps": steps, "train_seconds": seconds, "n": args.n, "noise_floor": floor, "noise_floor_reps": floors,
+    out = {"train_steps": steps, "train_seconds": seconds, "clock": args.clock, "n": args.n, "noise_floor": floor, "noise_floor_reps": floors,
            "tv_sampling_bound_4sigma": sample_tv_bound(target, args.n)}
     base = load_config(RING)
     sde, score_fn = load_score_fn(base, workdir)
@@ -92,18 +98,20 @@ def throughput(config_path: str, warmup: int, steps: int) -> dict:
 
     for _ in range(warmup):
         step()
-    start = time.perf_counter()
+    wall, cpu = time.perf_counter(), time.process_time()
     for _ in range(steps):
         step()
-    rate = steps / (time.perf_counter() - start)
+    rate, cpu_rate = steps / (time.perf_counter() - wall), steps / (time.process_time() - cpu)
     n_params = sum(p.numel() for p in state.model.parameters())
-    return {"model": config.model.name, "params": n_params, "batch_size": bs, "steps_per_s": rate, "samples_per_s": rate * bs}
+    return {"model": config.model.name, "params": n_params, "batch_size": bs, "steps_per_s": rate,
+            "samples_per_s": rate * bs, "steps_per_cpu_s": cpu_rate}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--train-seconds", type=float, default=120.0)
     parser.add_argument("--chunk", type=int, default=500)
+    parser.add_argument("--clock", choices=sorted(CLOCKS), default="wall", help="what --train-seconds measures")
     parser.add_argument("--n", type=int, default=10000)
     parser.add_argument("--floor-reps", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -116,7 +124,8 @@ def main() -> None:
     result["throughput"] = {name: throughput(path, warmup=5, steps=30) for name, path in (("ring_mlp", RING), ("digits_unet", DIGITS))}
     print(f"throughput ({args.threads} threads):")
     for name, row in result["throughput"].items():
-        print(f"  {name}: {row['params']} parameters, batch {row['batch_size']}: {row['steps_per_s']:.1f} steps/s ({row['samples_per_s']:.0f} samples/s)")
+        print(f"  {name}: {row['params']} parameters, batch {row['batch_size']}: {row['steps_per_s']:.1f} steps/s"
+              f" ({row['samples_per_s']:.0f} samples/s); {row['steps_per_cpu_s']:.1f} steps per CPU second")
     os.makedirs(os.path.join(ROOT, "benchmarks", "results"), exist_ok=True)
     path = os.path.join(ROOT, "benchmarks", "results", "train_quality.json")
     with open(path, "w") as f:

@@ -210,10 +210,6 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
     process returns the same state once rank 0 has written the last checkpoint; if a process stops,
     the others raise ``distributed.ProcessGroupError`` naming the checkpoint to resume from."""
     main = distributed.is_main()
-    if main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json(indent=2))
     tc = config.training
     sde = build_sde(config)
     loss_fn = losses.get_loss_fn(sde, tc)
@@ -222,6 +218,10 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
     dequantize = datasets.get_dequantizer(config.data)
     state = init_state(config)
     resumed = restore(state, config, workdir)
+    if main:
+        os.makedirs(workdir, exist_ok=True)
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config.to_json(indent=2))
     shard = distributed.shard_model(state.model, tc.batch_size)
     distributed.seed_other_ranks(config.seed + state.step)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=state.step + 1) if main else None

@@ -107,6 +107,28 @@ def strided_levels(n_levels: int, steps: Optional[int], default: int, stride: st
     return tau + [0]
 
 
+def _posterior_walk(
+    score_fn: ScoreFn,
+    x: torch.Tensor,
+    lv: Levels,
+    tau: list[int],
+    coefs: list[tuple[float, float, float]],
+    generator: Optional[torch.Generator],
+    progress: bool,
+) -> torch.Tensor:
+    """The update DDPM and DDIM share, down the levels τ: a draw from a Gaussian whose mean is affine in
+    the Tweedie estimate x̂_0 = (x + σ(t)² s) / α(t) and in x,
+      x ← c_0 x̂_0 + c_x x + σ z,   (c_0, c_x, σ) = ``coefs[i]`` (no noise is drawn where σ = 0)."""
+    for i in progress_range(len(coefs), progress):
+        k = tau[i]
+        x0 = data_from_score(score_fn(x, full_time(x, lv.t[k])), x, lv.score_alpha[k], lv.score_sigma[k])
+        c0, cx, std = coefs[i]
+        x = c0 * x0 + cx * x
+        if std > 0:
+            x = x + std * noise_like(x, generator)
+    return x
+
+
 @register_method("ddpm", options={"variance": "beta", "stride": "quadratic"})
 def ddpm(
     sde: LinearSDE,
@@ -124,7 +146,7 @@ def ddpm(
 
     With τ from ``strided_levels`` (default: all N levels; else chosen by ``stride``), ᾱ = α_{τ_j}²,
     ᾱ' = α_{τ_{j-1}}² and the respaced β = 1 - ᾱ/ᾱ' (Nichol & Dhariwal 2021, §4; β = β_k when S = N), each
-    step draws from the posterior q(x' | x, x̂_0) (eqs. 6–7) at the Tweedie estimate x̂_0 = (x + σ² s)/α:
+    step draws from the posterior q(x' | x, x̂_0) (eqs. 6–7) at the Tweedie estimate x̂_0:
       x ← √ᾱ' β / (1 - ᾱ) x̂_0 + √(1 - β) (1 - ᾱ') / (1 - ᾱ) x + σ z,
       σ² = β ("beta") or β̃ = β (1 - ᾱ') / (1 - ᾱ) ("beta_tilde"),
     Alg. 2's ε-form update written with x̂_0 = (x - √(1-ᾱ) ε̂)/√ᾱ. The last step (to ᾱ_0 = 1) adds no
@@ -135,23 +157,15 @@ def ddpm(
         raise ValueError(f"ddpm needs an SDE with a DDPM chain (vp, cosine_vp), got {sde!r}: use ddim or pc")
     lv = chain_levels(sde)
     tau = strided_levels(sde.N, steps, sde.N, stride)
-    ts, score_alpha, score_sigma, coef_x0, coef_x, std = [], [], [], [], [], []
+    coefs = []
     for k, k_next in zip(tau[:-1], tau[1:]):
         abar, abar_next = lv.alpha[k] ** 2, lv.alpha[k_next] ** 2
         beta = 1.0 - abar / abar_next
         var = beta if variance == "beta" else beta * (1.0 - abar_next) / (1.0 - abar)
-        ts.append(lv.t[k])
-        score_alpha.append(lv.score_alpha[k])
-        score_sigma.append(lv.score_sigma[k])
-        coef_x0.append(math.sqrt(abar_next) * beta / (1.0 - abar))
-        coef_x.append(math.sqrt(1.0 - beta) * (1.0 - abar_next) / (1.0 - abar))
-        std.append(math.sqrt(var) if k_next > 0 else 0.0)
-    for i in progress_range(len(ts), progress):
-        x0 = data_from_score(score_fn(x, full_time(x, ts[i])), x, score_alpha[i], score_sigma[i])
-        x = coef_x0[i] * x0 + coef_x[i] * x
-        if std[i] > 0:
-            x = x + std[i] * noise_like(x, generator)
-    return x
+        c0 = math.sqrt(abar_next) * beta / (1.0 - abar)
+        cx = math.sqrt(1.0 - beta) * (1.0 - abar_next) / (1.0 - abar)
+        coefs.append((c0, cx, math.sqrt(var) if k_next > 0 else 0.0))
+    return _posterior_walk(score_fn, x, lv, tau, coefs, generator, progress)
 
 
 @register_method("ddim", options={"eta": 0.0, "stride": "quadratic"}, deterministic=True)
@@ -170,33 +184,21 @@ def ddim(
     """DDIM (Song, Meng & Ermon 2021, eqs. 12, 16) on ``steps`` levels of the SDE's chain, η ∈ [0, 1].
 
     In (α, σ) form on ``steps`` (default min(100, N)) levels chosen by ``stride``, of the chain of VP,
-    cosine VP or VE (sub-VP: its kernel at t = kT/N). From level τ to τ', with the Tweedie estimate
-    x̂_0 = (x + σ² s)/α:
+    cosine VP or VE (sub-VP: its kernel at t = kT/N). From level τ to τ', with the Tweedie estimate x̂_0:
       ε̂ = (x - α x̂_0) / σ,  x ← α' x̂_0 + √(σ'² - c²) ε̂ + c z,   c = η σ'/σ √(σ² - (α/α')² σ'²)
-    (VP: c = η √((1-ᾱ')/(1-ᾱ)) √(1 - ᾱ/ᾱ'); VE: the SMLD posterior std). η = 0 is deterministic (no
-    noise is drawn); η = 1 draws its noise as ``ddpm`` with β̃ does, so both give the same trajectory.
-    The last step, to level 0, returns x̂_0. ``eps`` is unused (level 1 plays its part).
+    (VP: c = η √((1-ᾱ')/(1-ᾱ)) √(1 - ᾱ/ᾱ'); VE: the SMLD posterior std), i.e. the mean of q_σ(x' | x, x̂_0)
+    (eq. 7) = (α' - √(σ'² - c²) α/σ) x̂_0 + √(σ'² - c²)/σ x. η = 0 is deterministic (no noise is drawn);
+    η = 1 draws its noise as ``ddpm`` with β̃ does, so both give the same trajectory. The last step, to
+    level 0, returns x̂_0. ``eps`` is unused (level 1 plays its part).
     """
     if not 0.0 <= eta <= 1.0:
         raise ValueError(f"eta must lie in [0, 1], got {eta}")
     lv = chain_levels(sde)
     tau = strided_levels(sde.N, steps, min(100, sde.N), stride)
-    ts, score_alpha, score_sigma, alpha, sigma, alpha_next, direction, std = ([] for _ in range(8))
+    coefs = []
     for k, k_next in zip(tau[:-1], tau[1:]):
         a, s, a_next, s_next = lv.alpha[k], lv.sigma[k], lv.alpha[k_next], lv.sigma[k_next]
         c = eta * s_next / s * math.sqrt(max(s**2 - (a / a_next) ** 2 * s_next**2, 0.0))
-        ts.append(lv.t[k])
-        score_alpha.append(lv.score_alpha[k])
-        score_sigma.append(lv.score_sigma[k])
-        alpha.append(a)
-        sigma.append(s)
-        alpha_next.append(a_next)
-        direction.append(math.sqrt(max(s_next**2 - c**2, 0.0)))
-        std.append(c)
-    for i in progress_range(len(ts), progress):
-        x0 = data_from_score(score_fn(x, full_time(x, ts[i])), x, score_alpha[i], score_sigma[i])
-        eps_hat = (x - alpha[i] * x0) / sigma[i]
-        x = alpha_next[i] * x0 + direction[i] * eps_hat
-        if std[i] > 0:
-            x = x + std[i] * noise_like(x, generator)
-    return x
+        direction = math.sqrt(max(s_next**2 - c**2, 0.0))
+        coefs.append((a_next - direction * a / s, direction / s, c))
+    return _posterior_walk(score_fn, x, lv, tau, coefs, generator, progress)

@@ -20,10 +20,8 @@ from sde_diffusion.sde_lib import LinearSDE
 
 from .common import ScoreFn, noise_like, progress_range
 from .registry import register_method
-from .schedules import Node, check_positive_eps, data_prediction, nodes_at_lambda, noise_prediction, schedule_nodes
+from .schedules import GRID_OPTIONS, Node, check_positive_eps, data_prediction, nodes_at_lambda, noise_prediction, schedule_nodes
 
-#: Fixed-grid options every DPM-Solver method takes.
-GRID_OPTIONS = {"schedule": "logsnr", "rho": 7.0, "t_start": None, "denoise": True}
 
 
 def phi(k: int, z: float) -> float:

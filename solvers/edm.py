@@ -15,10 +15,10 @@ from sde_diffusion.sde_lib import LinearSDE
 
 from .common import ScoreFn, noise_like, progress_range
 from .registry import register_method
-from .schedules import Node, check_positive_eps, data_prediction, nodes_at_lambda, schedule_nodes
+from .schedules import GRID_OPTIONS, Node, check_positive_eps, data_prediction, nodes_at_lambda, schedule_nodes
 
 #: Fixed-grid options of the EDM samplers (EDM's ρ = 7 schedule by default).
-GRID_OPTIONS = {"schedule": "karras", "rho": 7.0, "t_start": None, "denoise": True}
+EDM_GRID = {**GRID_OPTIONS, "schedule": "karras"}
 
 
 def denoiser(score_fn: ScoreFn, x_tilde: torch.Tensor, node: Node) -> torch.Tensor:
@@ -46,7 +46,7 @@ def finish(score_fn: ScoreFn, x_tilde: torch.Tensor, last: Node, denoise: bool) 
     return denoiser(score_fn, x_tilde, last) if denoise else last.alpha * x_tilde
 
 
-@register_method("heun", options=dict(GRID_OPTIONS), deterministic=True)
+@register_method("heun", options=EDM_GRID, deterministic=True)
 def heun(
     sde: LinearSDE,
     score_fn: ScoreFn,
@@ -88,7 +88,7 @@ def churned_nodes(sde: LinearSDE, grid: list[Node], s_churn: float, s_tmin: floa
 
 @register_method(
     "edm",
-    options={"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.0, **GRID_OPTIONS},
+    options={"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.0, **EDM_GRID},
 )
 def edm(
     sde: LinearSDE,

@@ -16,7 +16,6 @@ loop does no time-validation syncs.
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Callable, Optional
 
@@ -27,6 +26,10 @@ from sde_diffusion.registry import Registry
 from sde_diffusion.sde_lib import LinearSDE
 
 from .common import ScoreFn, full_time
+
+#: Options of every fixed-grid fast solver: the schedule, Karras' ρ, the start time (None: T) and a
+#: final denoise x̂_0 at eps (one more evaluation, the step to σ = 0).
+GRID_OPTIONS = {"schedule": "logsnr", "rho": 7.0, "t_start": None, "denoise": True}
 
 #: ``warp(sde, t, rho) -> u`` with u monotone in t; nodes are uniform in u.
 Warp = Callable[[LinearSDE, torch.Tensor, float], torch.Tensor]
@@ -127,29 +130,3 @@ def data_prediction(score_fn: ScoreFn, x: torch.Tensor, node: Node) -> torch.Ten
 def noise_prediction(score_fn: ScoreFn, x: torch.Tensor, node: Node) -> torch.Tensor:
     """ε̂(x, t) = -σ s(x, t) (one score evaluation)."""
     return noise_from_score(score_fn(x, full_time(x, node.t)), x, node.alpha, node.sigma)
-
-
-def final_spread_ratio(sde: LinearSDE, eps: float, data_scale: float) -> float:
-    """Per-mode spread left by a final denoise at ``eps`` relative to the exact sample.
-
-    For a mode of std s the exact PF-ODE carries x/α to N(μ, s² + σ̃²) at eps; Tweedie maps it to
-    μ + s²/(s² + σ̃²)(x/α - μ), of std s²/√(s² + σ̃²): the ratio is s / √(s² + σ̃(eps)²).
-    """
-    if not data_scale > 0:
-        raise ValueError(f"data_scale must be > 0, got {data_scale}")
-    node = nodes(sde, torch.tensor([eps], dtype=torch.float64))[0]
-    return data_scale / math.hypot(data_scale, node.sigma_tilde)
-
-
-def warn_if_early_denoise(sde: LinearSDE, eps: float, data_scale: float, tolerance: float = 0.01) -> float:
-    """Warn when the last nonzero noise level is not small against the data's fine scale, i.e. when
-    the final denoise would under-disperse the modes by more than ``tolerance``; returns the ratio."""
-    ratio = final_spread_ratio(sde, eps, data_scale)
-    if ratio < 1.0 - tolerance:
-        sigma_tilde = data_scale * math.sqrt(1.0 / ratio**2 - 1.0)
-        warnings.warn(
-            f"the final denoise starts at σ/α = {sigma_tilde:.3g}, not small against the data scale "
-            f"{data_scale:.3g}: it shrinks each mode's spread to {ratio:.2f} of the truth; lower eps",
-            stacklevel=2,
-        )
-    return ratio

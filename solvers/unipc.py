@@ -22,9 +22,9 @@ import torch
 from sde_diffusion.sde_lib import LinearSDE
 
 from .common import ScoreFn, progress_range
-from .dpm_solver import GRID_OPTIONS, check_order, phi, step_orders
+from .dpm_solver import check_order, phi, step_orders
 from .registry import register_method
-from .schedules import Node, check_positive_eps, data_prediction, noise_prediction, schedule_nodes
+from .schedules import GRID_OPTIONS, Node, check_positive_eps, data_prediction, noise_prediction, schedule_nodes
 
 #: B(z) of each UniPC variant.
 VARIANTS = {"bh1": lambda z: z, "bh2": math.expm1}
@@ -98,7 +98,7 @@ def corrector_update(
         "variant": "bh2",
         "corrector": True,
         "lower_order_final": True,
-        **{**GRID_OPTIONS, "schedule": "quadratic"},
+        **GRID_OPTIONS,
     },
     deterministic=True,
 )

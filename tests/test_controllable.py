@@ -130,7 +130,7 @@ def test_pc_imputation_picks_the_conditional_modes(gen):
     """Ring, x_1 = 0 observed: the conditional is 0.3 N((0, 2), 0.01) + 0.7 N((0, -2), 0.01) (the other
     modes sit 14 standard deviations away in x_1). The upper mode's share is 0.3 within 4 binomial SE
     plus 0.02 (measured bias 0.003-0.014), and each mode's x_2 has mean ±2 and std 0.1 within 0.05 and 20%."""
-    sde, mix, n = get_sde("vp"), ring(), 4000
+    sde, mix, n = get_sde("vp"), ring(), 1500
     c = mask_constraint(torch.zeros(n, 2), torch.tensor([1.0, 0.0]))
     x, _ = impute(sde, mix.score_fn(sde), c, "pc", generator=gen, **PC)
     upper = x[:, 1] > 0
@@ -141,27 +141,29 @@ def test_pc_imputation_picks_the_conditional_modes(gen):
 
 
 def test_pc_colourisation_of_gaussian_images(gen):
-    """Images (3, 2, 2) from a Gaussian with correlated pixels and channels, grey levels (channel means) of
-    one image observed: PC's colour images match the analytic conditional mean (8 free directions) within
-    4 SE plus 0.15 conditional standard deviations per direction, and reproduce the grey image exactly
-    (to float32 rounding)."""
-    sde, n, d = get_sde("vp"), 4000, 12
-    g = torch.Generator().manual_seed(3)
-    basis = torch.randn(d, d, generator=g, dtype=torch.float64)
-    cov = 0.02 * torch.eye(d, dtype=torch.float64) + 0.08 * basis @ basis.T / d
-    mix = GaussianMixture([1.0], 0.5 * torch.randn(1, d, generator=g, dtype=torch.float64), cov[None])
-    target = mix.sample(1, g, dtype=torch.float64).reshape(1, 3, 2, 2)
-    gray = target.mean(1, keepdim=True)
-    c = grayscale_constraint(gray.float().expand(n, 1, 2, 2), 3)
+    """Colour images (3, 2, 2) whose pixels are independent, each with grey coordinate s = √3·(channel
+    mean), chroma c_1 = (R - G)/√2 correlated 0.9 with s and chroma c_2 = (R + G - 2B)/√6 independent
+    (var(s) = 1, var(c_1) = 0.25, var(c_2) = 0.04): the 2-D Gaussian above in colour form. Given grey
+    levels s = (1.5, -1, 0.5, 2), PC reproduces them exactly (to float32 rounding) and the conditional
+    mean of the 8 free directions within 4 SE plus 0.15 conditional standard deviations (the shifts
+    from the prior reach 1.8 of them), with variances within 4√(2/n) + 0.12."""
+    sde, n = get_sde("vp"), 2000
+    V = torch.tensor([[1, 1, 1], [1, -1, 0], [1, 1, -2]], dtype=torch.float64)
+    V = (V / V.norm(dim=1, keepdim=True)).T  # columns: grey, c_1, c_2 directions in channel space
+    S = torch.tensor([[1.0, 0.45, 0.0], [0.45, 0.25, 0.0], [0.0, 0.0, 0.04]], dtype=torch.float64)
+    cov = torch.kron(V @ S @ V.T, torch.eye(4, dtype=torch.float64))  # index c·4 + pixel of (3, 2, 2)
+    mix = GaussianMixture([1.0], torch.zeros(1, 12, dtype=torch.float64), cov[None])
+    gray = (torch.tensor([1.5, -1.0, 0.5, 2.0], dtype=torch.float64) / math.sqrt(3)).reshape(1, 1, 2, 2)
     A = torch.kron(torch.ones(1, 3, dtype=torch.float64) / 3, torch.eye(4, dtype=torch.float64))
     mean, cond_cov = gaussian_conditional(mix.means[0], cov, A, gray.flatten())
-    x, _ = impute(sde, mix.score_fn(sde), c, "pc", generator=gen, **PC)
+    x, _ = impute(sde, mix.score_fn(sde), grayscale_constraint(gray.float().expand(n, 1, 2, 2), 3), "pc", generator=gen, **PC)
     assert x.shape == (n, 3, 2, 2)
     assert torch.allclose(x.mean(1, keepdim=True), gray.float().expand(n, 1, 2, 2), atol=1e-5)
-    # compare along the eigen-directions of the conditional covariance with non-zero variance
     eigvals, eigvecs = torch.linalg.eigh(cond_cov)
     free = eigvals > 1e-9
     assert int(free.sum()) == 8
     proj = (x.flatten(1).double() - mean) @ eigvecs[:, free]
     sd = eigvals[free].sqrt()
+    assert float((mean @ eigvecs[:, free] / sd).abs().max()) > 1.5  # the conditioning moves the colours
     assert bool((proj.mean(0).abs() < 4 * sd / math.sqrt(n) + 0.15 * sd).all())
+    assert bool(((proj.var(0) / sd**2 - 1).abs() < 4 * math.sqrt(2 / n) + 0.12).all())

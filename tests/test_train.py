@@ -1,5 +1,6 @@
 """Training: EMA arithmetic, the warm-up schedule, exact resume after a crash, the non-finite-loss
 stop, TensorBoard logging, and that a short run actually learns the ring's score."""
+import json
 import math
 import os
 
@@ -139,12 +140,15 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, monkeypatch)
 
 
 def test_resume_refuses_a_different_model(tmp_path):
-    """A workdir trained with hidden=32 cannot be resumed with hidden=64: the error names the field."""
+    """A workdir trained with hidden=32 cannot be resumed with hidden=64: the error names the field,
+    and the run's config.json still describes the run."""
     config = _tiny(get_default_config(), **{"training.n_iters": 2})
     train(config, str(tmp_path))
     other = apply_overrides(config, {"model.hidden": 64, "training.n_iters": 4})
     with pytest.raises(ValueError, match=r"model\.hidden: 32 there, 64 here"):
         train(other, str(tmp_path))
+    with open(tmp_path / "config.json") as f:
+        assert json.load(f)["model"]["hidden"] == 32
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):

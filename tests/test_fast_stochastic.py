@@ -1,0 +1,116 @@
+"""Stochastic fast solvers: the Brownian memory of the adaptive SDE solver, Gotta-Go-Fast,
+SDE-DPM-Solver++(2M) and the EDM sampler sample the ring on every SDE and do not collapse at
+10-20 evaluations."""
+import math
+
+import pytest
+import torch
+
+import solvers
+from sde_diffusion import metrics
+from sde_diffusion.benchmark import mixture_problem, prior_latents
+from sde_diffusion.sde_lib import get_sde
+from sde_diffusion.targets import ring
+from solvers.adaptive import BrownianMemory
+
+SDES = ["vp", "subvp", "ve", "cosine_vp"]
+RING = ring()
+
+
+def adversarial_walk(n: int, memory: bool, generator: torch.Generator) -> torch.Tensor:
+    """W(1) of n paths built from steps of at most 1/4 that are rejected whenever the increment is
+    larger than its standard deviation (until the step is 1/64), the step halving after each
+    rejection: with ``memory`` through ``BrownianMemory``, otherwise redrawing after a rejection."""
+    x = torch.zeros(n, 1, dtype=torch.float64)
+    t, h, w = torch.zeros(n, dtype=torch.float64), torch.full((n,), 0.25, dtype=torch.float64), torch.zeros(n, 1, dtype=torch.float64)
+    store = BrownianMemory(x)
+    while bool((t < 1.0).any()):
+        active = t < 1.0
+        if memory:
+            h, dw = store.take(h, generator)
+        else:
+            dw = h.sqrt()[:, None] * torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        accept = active & ((dw[:, 0].abs() <= h.sqrt()) | (h <= 1 / 64))
+        if memory:
+            store.settle(accept, active, h, dw)
+        w = torch.where(accept[:, None], w + dw, w)
+        t = torch.where(accept, t + h, t)
+        h = torch.where(accept, torch.minimum(torch.full_like(h, 0.25), 1.0 - t), h / 2)
+    return w[:, 0]
+
+
+def test_brownian_memory_keeps_the_path_brownian():
+    """20000 paths with adversarial, increment-dependent rejections: with the memory, W(1) is
+    N(0, 1): mean within 4/√n = 0.028 of 0 and variance within 4 √(2/n) = 0.04 of 1. The same walk
+    redrawing after rejections keeps the small increments (variance 0.6 here) - the bias the memory
+    removes, which the variance bound detects."""
+    n = 20000
+    kept = adversarial_walk(n, memory=True, generator=torch.Generator().manual_seed(0))
+    redrawn = adversarial_walk(n, memory=False, generator=torch.Generator().manual_seed(0))
+    assert abs(float(kept.mean())) <= 4 / math.sqrt(n)
+    assert abs(float(kept.var()) - 1.0) <= 4 * math.sqrt(2 / n)
+    assert float(redrawn.var()) < 1.0 - 4 * math.sqrt(2 / n)
+
+
+STOCHASTIC = [
+    ("gotta_go_fast", None, {"eps_rel": 0.05}),
+    ("sde_dpm_solver_pp", 40, {}),
+    ("edm", 25, {}),
+]
+
+
+@pytest.mark.parametrize("sde_name", SDES)
+@pytest.mark.parametrize("method, steps, options", STOCHASTIC, ids=[m for m, _, _ in STOCHASTIC])
+def test_stochastic_solvers_sample_the_ring_on_every_sde(sde_name, method, steps, options):
+    """2000 samples from T to the default eps: mode weights within the 4σ bound of n exact samples
+    (½ Σ 4 √(w(1-w)/n) ≈ 0.10), per-mode spread within 0.1 of 1 (its sampling error is
+    1/√(2 n d) = 0.011, 4σ = 0.045, plus ≤ 0.05 measured discretisation bias at these 40-50
+    evaluations) and at most 1% of samples off the modes (exact: ~1e-7)."""
+    sde = get_sde(sde_name)
+    x, _ = solvers.sample(sde, RING.score_fn(sde), (2000, 2), method, steps=steps, generator=torch.Generator().manual_seed(1), **options)
+    assert metrics.mode_weight_tv(RING, x) <= metrics.sample_tv_bound(RING, 2000, z=4.0)
+    assert abs(metrics.spread_ratio(RING, x) - 1.0) <= 0.1
+    assert metrics.off_manifold_fraction(RING, x) <= 0.01
+
+
+def test_gotta_go_fast_reports_its_steps():
+    """nfe counts batched score calls, 2 per iteration plus the denoise, as counted by
+    ``solvers.sample``; every sample takes at least one accepted step, and a tighter eps_rel costs
+    more evaluations."""
+    sde = get_sde("vp")
+    nfes = []
+    for eps_rel in (0.2, 0.05):
+        _, nfe, info = solvers.sample(sde, RING.score_fn(sde), (256, 2), "gotta_go_fast", eps_rel=eps_rel, generator=torch.Generator().manual_seed(2), return_info=True)
+        assert nfe == info["nfe"] == 2 * info["iterations"] + 1
+        assert info["accepted"] >= 256 and info["rejected"] >= 0
+        nfes.append(nfe)
+    assert nfes[1] > nfes[0]
+
+
+@pytest.mark.parametrize("nfe", [10, 20])
+@pytest.mark.parametrize("method, steps_for", [("sde_dpm_solver_pp", lambda nfe: nfe - 1), ("edm", lambda nfe: nfe // 2)], ids=["sde_dpm_solver_pp", "edm"])
+def test_stochastic_solvers_do_not_collapse_at_low_nfe(method, steps_for, nfe):
+    """The issue's problem (ring, VP, σ/α from 80 to 0.002, final denoise counted) at 10 and 20
+    evaluations with the time-quadratic schedule: at most 1% of 2000 samples off the modes and a
+    per-mode spread within [0.5, 2] (k-diffusion's 2M/3M SDE samplers put 42-100% off the data
+    with spreads of 3-18 at 10 steps). Measured: ≤ 0.12% off."""
+    problem = mixture_problem(RING, get_sde("vp"), sigma_start=80.0, sigma_end=0.002, n=2000)
+    x_T = prior_latents(problem)
+    x, counted = solvers.sample(problem.sde, problem.score_fn, x_T.shape, method, steps=steps_for(nfe), eps=problem.eps, x_T=x_T, t_start=problem.t_start, schedule="quadratic", generator=torch.Generator().manual_seed(3))
+    assert counted == nfe
+    assert metrics.off_manifold_fraction(RING, x) <= 0.01
+    assert 0.5 <= metrics.spread_ratio(RING, x) <= 2.0
+
+
+def test_edm_without_churn_is_heun():
+    """S_churn = 0, or a churn window [S_tmin, S_tmax] that holds no level, leaves EDM's Alg. 2
+    equal to Heun (Alg. 1) bit for bit; with churn the samples change."""
+    sde = get_sde("ve")
+    score = RING.score_fn(sde)
+    x_T = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    heun, _ = solvers.sample(sde, score, x_T.shape, "heun", steps=12, x_T=x_T)
+    for options in ({"s_churn": 0.0}, {"s_churn": 40.0, "s_tmin": 100.0, "s_tmax": 200.0}):
+        out, _ = solvers.sample(sde, score, x_T.shape, "edm", steps=12, x_T=x_T, generator=torch.Generator().manual_seed(5), **options)
+        assert torch.equal(out, heun)
+    churned, _ = solvers.sample(sde, score, x_T.shape, "edm", steps=12, x_T=x_T, generator=torch.Generator().manual_seed(5), s_churn=40.0)
+    assert float((churned - heun).abs().max()) > 1e-3
