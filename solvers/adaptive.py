@@ -1,5 +1,5 @@
-"""Adaptive step-size solvers: DPM-Solver-12/23 on the PF-ODE (Lu et al. 2022a, §4 and App. C) and
-the Gotta-Go-Fast reverse-SDE solver (Jolicoeur-Martineau et al. 2021, Alg. 1).
+"""Adaptive step-size solvers: DPM-Solver-12/23 on the PF-ODE (Lu et al. 2022a, App. C) and the
+Gotta-Go-Fast reverse-SDE solver (Jolicoeur-Martineau et al. 2021, Alg. 1).
 
 Both control a scaled RMS error E = ‖(x_high - x_low)/δ‖₂/√n with
 δ = max(ε_abs, ε_rel · max(|x_low|, |x_prev|)), accept a step when E ≤ 1 and set the next step to
@@ -19,6 +19,10 @@ from .common import ScoreFn, noise_like
 from .dpm_solver import SINGLESTEP_FRACTIONS, singlestep_update
 from .registry import register_method
 from .schedules import check_positive_eps, data_prediction, nodes, nodes_at_lambda, resolve_t_start
+
+
+#: The adaptive DPM-Solver stops when λ(eps) - λ_s is below this.
+LAMBDA_TOLERANCE = 1e-5
 
 
 def scaled_error(x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor, atol: float, rtol: float) -> torch.Tensor:
@@ -60,7 +64,7 @@ def dpm_solver_adaptive(
     t_start: Optional[float],
     denoise: bool,
 ) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Adaptive DPM-Solver-12 (order 2) or -23 (order 3) with steps h in λ (Lu et al. 2022a, Alg. 6).
+    """Adaptive DPM-Solver-12 (order 2) or -23 (order 3) with steps h in λ (Lu et al. 2022a, App. C).
 
     Each attempt is a DPM-Solver-k step with its embedded order k-1 solution (DPM-Solver-1, or
     DPM-Solver-2 with r_1 = 1/3), sharing every evaluation; E is the largest per-sample error over
@@ -78,7 +82,7 @@ def dpm_solver_adaptive(
     fractions = SINGLESTEP_FRACTIONS[order]
     s, h, x_prev = start, h_init, x
     accepted = rejected = 0
-    while last.lam - s.lam > 1e-5:
+    while last.lam - s.lam > LAMBDA_TOLERANCE:
         h = min(h, last.lam - s.lam)
         attempt = nodes_at_lambda(sde, [s.lam + r * h for r in fractions] + [s.lam + h])
         t = last if h == last.lam - s.lam else attempt[-1]
@@ -105,7 +109,7 @@ def reverse_drift(sde: LinearSDE, score_fn: ScoreFn, x: torch.Tensor, t: torch.T
 
 class BrownianMemory:
     """Per-sample stacks of Brownian increments (Δt, ΔW) drawn but not yet used: rejection sampling
-    with memory (RSwM1, Rackauckas & Nie 2017, Alg. 2).
+    with memory (RSwM1 of Rackauckas & Nie 2017).
 
     A rejected step keeps its increment, and a shorter retry takes the Brownian-bridge part of it,
     ΔW' ~ N((h/Δt) ΔW, h (Δt - h)/Δt); the rest waits on the stack for the next steps. Every sample's

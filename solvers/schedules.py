@@ -46,12 +46,12 @@ class Schedule:
 
 
 SCHEDULES: Registry[Schedule] = Registry("time-step schedule")
-SCHEDULES.register("time_uniform")(Schedule(lambda sde, t, rho: t, lambda sde, u, rho: u))
-SCHEDULES.register("logsnr")(Schedule(lambda sde, t, rho: sde.lambda_(t), lambda sde, u, rho: sde.t_of_lambda(u)))
+SCHEDULES.register("time_uniform")(Schedule(warp=lambda sde, t, rho: t, unwarp=lambda sde, u, rho: u))
+SCHEDULES.register("logsnr")(Schedule(warp=lambda sde, t, rho: sde.lambda_(t), unwarp=lambda sde, u, rho: sde.t_of_lambda(u)))
 SCHEDULES.register("karras")(
-    Schedule(lambda sde, t, rho: torch.exp(-sde.lambda_(t) / rho), lambda sde, u, rho: sde.t_of_lambda(-rho * torch.log(u)))
+    Schedule(warp=lambda sde, t, rho: torch.exp(-sde.lambda_(t) / rho), unwarp=lambda sde, u, rho: sde.t_of_lambda(-rho * torch.log(u)))
 )
-SCHEDULES.register("quadratic")(Schedule(lambda sde, t, rho: t.sqrt(), lambda sde, u, rho: u**2))
+SCHEDULES.register("quadratic")(Schedule(warp=lambda sde, t, rho: t.sqrt(), unwarp=lambda sde, u, rho: u**2))
 
 
 @dataclass(frozen=True)
@@ -106,11 +106,10 @@ def time_steps(
     if not (math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho must be a finite number > 0, got {rho}")
     check_positive_eps(eps, f"schedule {schedule!r}")
-    warp = SCHEDULES.get(schedule)
+    spacing = SCHEDULES.get(schedule)
     t_start = resolve_t_start(sde, t_start, eps)
-    ends = torch.tensor([t_start, eps], dtype=torch.float64)
-    u0, u1 = warp.warp(sde, ends, rho).tolist()
-    t = warp.unwarp(sde, torch.linspace(u0, u1, steps + 1, dtype=torch.float64), rho).clamp(eps, t_start)
+    u0, u1 = spacing.warp(sde, torch.tensor([t_start, eps], dtype=torch.float64), rho).tolist()
+    t = spacing.unwarp(sde, torch.linspace(u0, u1, steps + 1, dtype=torch.float64), rho).clamp(eps, t_start)
     t[0], t[-1] = t_start, eps
     return t
 
