@@ -26,6 +26,7 @@ from .utils import (
     as_tensor_time,
     batch_time,
     check_finite,
+    check_increasing_pair,
     check_positive_int,
     check_time,
     sum_except_batch,
@@ -248,12 +249,7 @@ class _LinearBetaSDE(LinearSDE):
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000) -> None:
         super().__init__(N)
-        if not (math.isfinite(beta_min) and math.isfinite(beta_max)):
-            raise ValueError(f"beta_min and beta_max must be finite, got {beta_min}, {beta_max}")
-        if beta_min <= 0:
-            raise ValueError(f"beta_min must be > 0, got {beta_min}")
-        if beta_min >= beta_max:
-            raise ValueError(f"beta_min must be < beta_max, got beta_min={beta_min} >= beta_max={beta_max}")
+        check_increasing_pair(beta_min, beta_max, "beta_min", "beta_max")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
 
     def beta(self, t: TimeLike) -> torch.Tensor:
@@ -336,12 +332,7 @@ class VESDE(LinearSDE):
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000) -> None:
         super().__init__(N)
-        if not (math.isfinite(sigma_min) and math.isfinite(sigma_max)):
-            raise ValueError(f"sigma_min and sigma_max must be finite, got {sigma_min}, {sigma_max}")
-        if sigma_min <= 0:
-            raise ValueError(f"sigma_min must be > 0, got {sigma_min}")
-        if sigma_min >= sigma_max:
-            raise ValueError(f"sigma_min must be < sigma_max, got sigma_min={sigma_min} >= sigma_max={sigma_max}")
+        check_increasing_pair(sigma_min, sigma_max, "sigma_min", "sigma_max")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
         self.prior_std = self.sigma_max
         self._log_ratio = math.log(sigma_max / sigma_min)

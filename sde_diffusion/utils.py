@@ -64,6 +64,16 @@ def check_positive_int(value: int, name: str) -> None:
         raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
+def check_increasing_pair(lo: float, hi: float, lo_name: str, hi_name: str) -> None:
+    """Require finite 0 < lo < hi (e.g. beta_min < beta_max), naming the bad values."""
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"{lo_name} and {hi_name} must be finite, got {lo}, {hi}")
+    if lo <= 0:
+        raise ValueError(f"{lo_name} must be > 0, got {lo}")
+    if lo >= hi:
+        raise ValueError(f"{lo_name} must be < {hi_name}, got {lo_name}={lo} >= {hi_name}={hi}")
+
+
 def sum_except_batch(x: torch.Tensor) -> torch.Tensor:
     """Sum over every dimension but the first: ``(B, ...) -> (B,)``."""
     return x.reshape(x.shape[0], -1).sum(dim=1)

@@ -106,7 +106,7 @@ def _two_process_worker(rank: int, port: int, out: str) -> None:
         row, reference, bench_rows = _bench_row(bench_score)
         torch.save({
             "model": state.model.state_dict(), "ema": state.ema.shadow, "optimizer": state.optimizer.state_dict(),
-            "generators": [state.data_generator.get_state(), state.noise_generator.get_state()],
+            "generators": [state.data_generator.get_state(), state.noise_generator.get_state()], "torch_rng": torch.get_rng_state(),
             "likelihood": report, "likelihood_starts": likelihood_score.start_points(LIKELIHOOD_EPS),
             "row": row, "reference": reference, "bench_rows": bench_rows,
         }, os.path.join(out, f"rank{rank}.pt"))
@@ -121,10 +121,11 @@ def two_processes(tmp_path_factory) -> tuple[str, list[dict[str, Any]]]:
 
 
 @pytest.fixture(scope="module")
-def one_process(tmp_path_factory) -> tuple[str, Any]:
-    """The same training on this process: its workdir and final state."""
+def one_process(tmp_path_factory) -> tuple[str, Any, torch.Tensor]:
+    """The same training on this process: its workdir, final state and global torch RNG state."""
     workdir = str(tmp_path_factory.mktemp("one_process"))
-    return workdir, train(_digits_config(), workdir)
+    state = train(_digits_config(), workdir)
+    return workdir, state, torch.get_rng_state()
 
 
 # --- splitting the work -------------------------------------------------------------------------------
@@ -173,7 +174,8 @@ def test_launch_errors_name_what_is_missing(monkeypatch):
 def test_two_processes_train_like_one(two_processes, one_process):
     """6 steps with a global batch of 32 on 2 processes (16 rows each) end where one process with the
     same seeds does: weights, EMA and Adam moments within 1e-6, and the data and noise generators in
-    the identical state (every process drew the whole batch's randomness, not its half's).
+    the identical state (every process drew the whole batch's randomness, not its half's). The global
+    torch RNG (dropout) of rank 0 is the single process's, rank 1's its own.
 
     Tolerance: both runs compute the same gradient, the 2-process one as the mean of two block means
     (float32, relative rounding ~1e-7). Adam's step is at most ~3·lr = 6e-3 per weight, so a relative
@@ -196,6 +198,7 @@ def test_two_processes_train_like_one(two_processes, one_process):
     expected = [single.data_generator.get_state(), single.noise_generator.get_state()]
     for rank in ranks:
         assert all(torch.equal(a, b) for a, b in zip(rank["generators"], expected))
+    assert torch.equal(ranks[0]["torch_rng"], one_process[2]) and not torch.equal(ranks[1]["torch_rng"], one_process[2])
 
 
 def test_only_rank_0_writes_and_logs_the_global_loss(two_processes, one_process):
@@ -296,7 +299,7 @@ def test_killed_rank_fails_the_job_and_any_world_size_resumes(tmp_path):
     workdir, log = tmp_path / "job", tmp_path / "job.log"
     flags = [f"--config.{k}={v}" for k, v in RING_OVERRIDES.items()]
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={WORLD}", "--master_addr=127.0.0.1",
-               f"--master_port={_free_port()}", "--monitor_interval=2", "-m", "sde_diffusion", "train",
+               f"--master_port={_free_port()}", "--monitor_interval=5", "-m", "sde_diffusion", "train",
                f"--config={REPO / 'configs' / 'vp' / 'ring.py'}", f"--workdir={workdir}", *flags]
     env = {**os.environ, "OMP_NUM_THREADS": "1", distributed.TIMEOUT_ENV: TIMEOUT_S}
     with open(log, "w") as fh:
