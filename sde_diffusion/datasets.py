@@ -16,9 +16,8 @@ Uniform dequantisation (Theis et al. 2016; score_sde's ``uniform_dequantization`
 pixel by a uniform draw over its bin, y = (v + u)/K, u ~ U[0, 1). On the stored bin centres this is
 the zero-mean jitter x ← x + (u - ½)·Δ with bin width Δ = (scale of the scaler)/K, applied afresh to
 every training batch: ``get_dequantizer(config)`` returns that function (or None), and
-``iterate_batches`` applies it. Then log P(v) ≥ E_u log p(x) - D log(K/scale), so bits/dim are
--log p/(D ln 2) + ``bits_per_dim_offset(config)`` with offset log₂(K/scale) (score_sde's 8 and 7 for
-K = 256 and scale 1 and 2).
+``iterate_batches`` applies it. Then log P(v) ≥ E_u log p(x) - D log(K/scale), which
+``likelihood.bits_per_dim`` turns into bits/dim.
 """
 from __future__ import annotations
 
@@ -163,13 +162,6 @@ def get_dequantizer(data_config: Any) -> Optional[Dequantizer]:
         )
     width = bin_width(data_config)
     return lambda batch, generator=None: dequantize(batch, width, generator)
-
-
-def bits_per_dim_offset(data_config: Any) -> float:
-    """log₂(K/scale): add to -log p(x)/(D ln 2) of dequantised data for bits/dim of the K-level
-    data (0 for toy sets, whose density is continuous)."""
-    K = _levels(data_config)
-    return 0.0 if K is None else math.log2(K / _scale(data_config))
 
 
 def iterate_batches(

@@ -43,6 +43,10 @@ class DDPMChain:
     def __len__(self) -> int:
         return self.betas.shape[0]
 
+    def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α_k, σ_k) of q(x_k | x_0) = N(α_k x_0, σ_k² I): √ᾱ_k and √(1 - ᾱ_k), k = 1..N."""
+        return self.sqrt_alphas_cumprod, self.sqrt_1m_alphas_cumprod
+
     def discretize(self, x: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward step x_{k} = x_{k-1} + f + G z with f = (√(1-β_k) - 1) x, G = √β_k."""
         beta = self.betas.to(x.device)[i].to(x.dtype)
@@ -77,6 +81,10 @@ class SMLDChain:
 
     def __len__(self) -> int:
         return self.sigmas.shape[0]
+
+    def kernel(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(α_i, σ_i) of the perturbation at level i: 1 and σ_i."""
+        return torch.ones_like(self.sigmas), self.sigmas
 
     def discretize(self, x: torch.Tensor, i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One forward step: f = 0, G = √(σ_i² - σ_{i-1}²)."""

@@ -82,13 +82,6 @@ class VLB:
         return -self.nll
 
 
-def chain_times(sde: LinearSDE) -> torch.Tensor:
-    """t_k with λ(t_k) = ½ log(ᾱ_k/(1 - ᾱ_k)) for k = 1..N, clamped to [0, T] (the chain's last
-    few ᾱ_k lie slightly below α(T)², e.g. t_N = 1.003 for the default VP chain)."""
-    abar = _ddpm_chain(sde).alphas_cumprod
-    return sde.t_of_lambda(0.5 * torch.log(abar / (1.0 - abar))).clamp(0.0, sde.T)
-
-
 #: The reverse-process variance choices of Ho et al. (2020, §3.2), per chain index.
 VARIANCES: dict[str, Callable[[DDPMChain], torch.Tensor]] = {
     "small": lambda chain: chain.posterior_variance,
@@ -141,7 +134,7 @@ def vlb(
     if n_terms is not None:
         check_positive_int(n_terms, "n_terms")
     abar, var_model = chain.alphas_cumprod.to(x0), VARIANCES[variance](chain).to(x0)
-    times = chain_times(sde).to(x0)
+    times = sde.chain_times().to(x0)
     n, batch = len(chain), x0.shape[0]
 
     def noisy(i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

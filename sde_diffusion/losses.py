@@ -72,22 +72,6 @@ def dsm_loss(
     return ratio(sde, t).to(x0.dtype) * sum_except_batch((s * score + z) ** 2)
 
 
-def chain_times(sde: LinearSDE) -> torch.Tensor:
-    """Times t_k (float64, shape (N,)) of the discrete levels of ``sde.chain``: t_k = min(t(λ_k), T)
-    with λ_k = ½ log(ᾱ_k / (1 - ᾱ_k)) (DDPM) or -log σ_k (SMLD)."""
-    chain = sde.chain
-    if isinstance(chain, DDPMChain):
-        abar = chain.alphas_cumprod
-        lam = 0.5 * (torch.log(abar) - torch.log1p(-abar))
-    elif isinstance(chain, SMLDChain):
-        lam = -torch.log(chain.sigmas)
-    else:
-        raise ValueError(
-            f"{sde!r} has no discrete chain; the discrete losses need 'vp', 'cosine_vp' (DDPM) or 've' (SMLD)"
-        )
-    return sde.t_of_lambda(lam).clamp(max=sde.T)
-
-
 def ddpm_vlb_weights(chain: DDPMChain) -> torch.Tensor:
     """Weights w_k (float64, (N,)) of the ε-form of the DDPM bound L_{k-1} = w_k E‖ε - ε̂‖² + C_k
     (Ho et al. 2020, eq. 12): w_k = β_k² / (2 σ_k² α_k (1 - ᾱ_k)).
@@ -167,7 +151,7 @@ def _discrete(sde: LinearSDE, config: Any, loss: str, chain_type: type, vlb: boo
     _check_continuous_only(config, loss)
     if not isinstance(sde.chain, chain_type):
         raise ValueError(f"loss {loss!r} needs an SDE with a {chain_type.__name__}, got {sde!r}")
-    times = chain_times(sde)
+    times = sde.chain_times()
     weights = ddpm_vlb_weights(sde.chain) if vlb else torch.ones_like(times)
 
     def per_sample(score_fn: ScoreFn, x0: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:

@@ -229,6 +229,17 @@ class LinearSDE(SDE):
         check_time(t, self.T)
         return torch.round(t.to(torch.float64) * (self.N - 1) / self.T).long()
 
+    def chain_times(self) -> torch.Tensor:
+        """Times t_k (float64, (N,)) matched to the discrete chain's levels: the t whose kernel has the
+        level's half log-SNR, λ(t_k) = log(α_k / σ_k), clamped to [0, T]. For these SDEs equal λ means
+        an equal kernel (α² + σ² = 1 for the VP family, α = 1 for VE), so the exact score at t_k is the
+        score of the chain's marginal at level k. The top levels of a DDPM chain can be noisier than
+        the SDE at T (VP: 4 levels; cosine VP: its last, whose β is clipped) and are clamped to T."""
+        if self.chain is None:
+            raise ValueError(f"{self!r} has no discrete chain; 'vp', 'cosine_vp' (DDPM) and 've' (SMLD) have one")
+        alpha, sigma = self.chain.kernel()
+        return self._t_of_lambda(torch.log(alpha) - torch.log(sigma)).clamp(0.0, self.T)
+
     def langevin_alpha(self, t: TimeLike) -> torch.Tensor:
         """α_i of the Langevin corrector's step rule ε = 2 α_i (r ‖z‖ / ‖s‖)² (Song et al. 2021,
         Alg. 4): 1 - β_i for the VP family (β_i = β(t) T/N), 1 for VE."""

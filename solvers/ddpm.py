@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from sde_diffusion.discrete import DDPMChain, SMLDChain
+from sde_diffusion.discrete import DDPMChain
 from sde_diffusion.parameterization import data_from_score
 from sde_diffusion.sde_lib import LinearSDE
 from sde_diffusion.utils import check_positive_int
@@ -56,16 +56,12 @@ def chain_levels(sde: LinearSDE) -> Levels:
     their t_k is clamped to T and samplers use the score there through its Tweedie estimate of x_0
     (``level_score``), which does not depend on the kernel it came from.
     """
-    if isinstance(sde.chain, DDPMChain):
-        abar = sde.chain.alphas_cumprod
-        alpha, sigma = abar.sqrt(), (1.0 - abar).sqrt()
-    elif isinstance(sde.chain, SMLDChain):
-        sigma = sde.chain.sigmas
-        alpha = torch.ones_like(sigma)
+    if sde.chain is not None:
+        alpha, sigma = sde.chain.kernel()
+        t = sde.chain_times()
     else:
         t = torch.arange(1, sde.N + 1, dtype=torch.float64) * (sde.T / sde.N)
         alpha, sigma = sde.alpha(t), sde.sigma(t)
-    t = sde.t_of_lambda(torch.log(alpha) - torch.log(sigma)).clamp(0.0, sde.T)
     clamped = t == sde.T
     score_alpha = torch.where(clamped, sde.alpha(t), alpha)
     score_sigma = torch.where(clamped, sde.sigma(t), sigma)

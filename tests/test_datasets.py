@@ -6,9 +6,9 @@ import torch
 from ml_collections import ConfigDict
 from sklearn.datasets import load_digits
 
+from sde_diffusion.likelihood import bits_per_dim
 from sde_diffusion.datasets import (
     bin_width,
-    bits_per_dim_offset,
     get_dataset,
     get_dequantizer,
     get_inverse_scaler,
@@ -74,15 +74,16 @@ def test_dequantization_is_uniform_within_each_bin(centered, gen):
     assert get_dequantizer(_digits(uniform_dequantization=False)) is None
 
 
-@pytest.mark.parametrize("centered,offset", [(True, math.log2(17 / 2)), (False, math.log2(17))])
-def test_bits_per_dim_offset_gives_zero_bits_for_a_point_mass(centered, offset):
+@pytest.mark.parametrize("centered", [True, False])
+def test_point_mass_has_zero_bits(centered):
     """If every image were the same grey-level image, its probability is 1 (0 bits). Its dequantised
-    version is uniform on a cube of side Δ = scale/17 per pixel, density Δ^{-D}, so
-    -log p/(D ln 2) + offset = log₂ Δ + offset must be 0: offset = log₂(17/scale) (score_sde's 8
-    and 7 are this formula for 256 levels)."""
+    version is uniform on a cube of side Δ = scale/17 per pixel (``bin_width``), density Δ^{-D}, so
+    ``bits_per_dim`` of log p = -D log Δ must be 0 (score_sde's offsets 8 and 7 are the same formula
+    for 256 levels)."""
     config = _digits(centered=centered)
-    assert math.isclose(bits_per_dim_offset(config), offset)
-    assert math.isclose(math.log2(bin_width(config)) + bits_per_dim_offset(config), 0.0, abs_tol=1e-12)
+    D = 64
+    logp = torch.tensor([-D * math.log(bin_width(config))], dtype=torch.float64)
+    assert abs(float(bits_per_dim(logp, D, 17, 2.0 if centered else 1.0))) < 1e-12
 
 
 @pytest.mark.parametrize("name", ["ring", "checkerboard", "moons", "swiss_roll"])
@@ -94,7 +95,7 @@ def test_toy_sets(name):
     assert train.shape == (500, 2) and test.shape == (100, 2) and train.dtype == torch.float32
     assert torch.equal(get_dataset(config)[0], train)
     assert not torch.equal(train[:100], test)
-    assert torch.equal(get_scaler(config)(train), train) and bits_per_dim_offset(config) == 0.0
+    assert torch.equal(get_scaler(config)(train), train) and bin_width(config) == 0.0
     assert 0.5 < float(train.std()) < 3.0
     config.uniform_dequantization = True
     with pytest.raises(ValueError, match="uniform_dequantization applies to quantised data sets"):

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.elbo import chain_times, discretized_gaussian_log_prob, gaussian_kl, vlb
+from sde_diffusion.elbo import discretized_gaussian_log_prob, gaussian_kl, vlb
 from sde_diffusion.mixtures import GaussianMixture
 from sde_diffusion.sde_lib import get_sde
 from sde_diffusion.targets import ring
@@ -34,16 +34,6 @@ def test_discretized_decoder_normalises_over_the_bins(gen):
 def test_discretized_decoder_rejects_values_off_the_bin_centres():
     with pytest.raises(ValueError, match="bin centres"):
         discretized_gaussian_log_prob(torch.tensor([0.01]), torch.zeros(1), torch.ones(1), LEVELS, LOW, HIGH)
-
-
-@pytest.mark.parametrize("sde_name", ["vp", "cosine_vp"])
-def test_chain_times_match_the_chain_noise_levels(sde_name):
-    """α(t_k)² = ᾱ_k for every step whose t_k lies inside [0, T] (both SDEs are VP: α² + σ² = 1)."""
-    sde = get_sde(sde_name)
-    t, abar = chain_times(sde), sde.chain.alphas_cumprod
-    inside = t < sde.T
-    assert int(inside.sum()) >= 990
-    assert torch.allclose(sde.alpha(t[inside]) ** 2, abar[inside], rtol=1e-9, atol=0)
 
 
 def _discrete_target() -> tuple[GaussianMixture, torch.Tensor]:

@@ -8,7 +8,6 @@ import torch
 from ml_collections import ConfigDict
 
 from sde_diffusion.losses import (
-    chain_times,
     dsm_loss,
     ddpm_vlb_weights,
     get_loss_fn,
@@ -177,26 +176,6 @@ def test_ddpm_vlb_weights_are_the_kl_coefficients(gen):
     kl = ((mu_q - mu_theta) ** 2).sum(1) / (2 * var_q.clamp(min=1e-300))
     kl[0] = ((x0[0] - mu_theta[0]) ** 2).sum() / (2 * beta[0, 0])
     assert torch.allclose(kl, w[k] * ((eps - eps_hat) ** 2).sum(1), rtol=1e-8)
-
-
-@pytest.mark.parametrize("sde_name,clamped", [("vp", 4), ("cosine_vp", 1), ("ve", 1)])
-def test_chain_times_reproduce_the_chain_kernels(sde_name, clamped):
-    """t_k is the time whose kernel is the chain's: α(t_k)² = ᾱ_k (DDPM) and σ(t_k) = σ_k (SMLD)
-    to rtol 1e-9, except the last ``clamped`` levels, which lie beyond T (ᾱ_N < α(T)² since
-    Σ log(1-β_k) < -Σ β_k; σ_N = σ_max > σ(T) = √(σ_max² - σ_min²)) and are evaluated at T.
-    Times increase with k and t_1 ≈ 1/N for VP (β_1 = β_min/N ⇒ ᾱ_1 ≈ α(1/N)²)."""
-    sde = get_sde(sde_name)
-    t = chain_times(sde)
-    inside = t < sde.T
-    assert int((~inside).sum()) == clamped and bool((~inside[:-clamped]).sum() == 0)
-    assert bool((t[1:] >= t[:-1]).all())
-    if sde_name == "ve":
-        target, value = sde.chain.sigmas, sde.sigma(t)
-    else:
-        target, value = sde.chain.alphas_cumprod, sde.alpha(t) ** 2
-    assert torch.allclose(value[inside], target[inside], rtol=1e-9)
-    if sde_name == "vp":
-        assert abs(float(t[0]) * sde.N - 1) < 0.1
 
 
 def test_reduce_and_config_validation(gen):

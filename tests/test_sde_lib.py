@@ -155,6 +155,26 @@ def test_ddpm_posterior_matches_bayes_rule():
     assert float(c.posterior_variance[0]) == 0.0  # β̃_1 = 0 since ᾱ_0 = 1
 
 
+@pytest.mark.parametrize("sde_name,clamped", [("vp", 4), ("cosine_vp", 1), ("ve", 1)])
+def test_chain_times_reproduce_the_chain_kernels(sde_name, clamped):
+    """t_k is the time whose kernel is the chain's: α(t_k)² = ᾱ_k (DDPM) and σ(t_k) = σ_k (SMLD)
+    to rtol 1e-9, except the last ``clamped`` levels, which lie beyond T (ᾱ_N < α(T)² since
+    Σ log(1-β_k) < -Σ β_k; σ_N = σ_max > σ(T) = √(σ_max² - σ_min²)) and are evaluated at T.
+    Times increase with k and t_1 ≈ 1/N for VP (β_1 = β_min/N ⇒ ᾱ_1 ≈ α(1/N)²)."""
+    sde = get_sde(sde_name)
+    t = sde.chain_times()
+    inside = t < sde.T
+    assert int((~inside).sum()) == clamped and bool((~inside[:-clamped]).sum() == 0)
+    assert bool((t[1:] >= t[:-1]).all())
+    if sde_name == "ve":
+        target, value = sde.chain.sigmas, sde.sigma(t)
+    else:
+        target, value = sde.chain.alphas_cumprod, sde.alpha(t) ** 2
+    assert torch.allclose(value[inside], target[inside], rtol=1e-9)
+    if sde_name == "vp":
+        assert abs(float(t[0]) * sde.N - 1) < 0.1
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_lambda_and_inverse(name):
     sde = get_sde(name)
@@ -206,6 +226,11 @@ def test_reverse_sde_drift(probability_flow, gen):
     f, G = rsde.discretize(x, t)
     f0, G0 = sde.discretize(x, t)
     assert torch.allclose(f, f0 - c * G0[:, None] ** 2 * score(x, t))
+
+
+def test_chain_times_need_a_chain():
+    with pytest.raises(ValueError, match="has no discrete chain"):
+        SubVPSDE().chain_times()
 
 
 def test_langevin_alpha_everywhere():
