@@ -1,8 +1,9 @@
 """Classifier-free guidance on the 8×8 digits: how often a classifier trained on real digits labels a
-class-k sample as k, per class and overall, as the guidance weight w grows.
+class-k sample as k, per class and overall, and how diverse the samples stay, as the guidance weight w
+grows (w = -1 is the unconditional model, w = 0 the plain conditional one).
 
-    python -m benchmarks.guidance_digits [--workdir runs/digits_cond] [--n-iters 2000] [--per-class 100]
-                                         [--scales 0 1 2 4] [--threads 1]
+    python -m benchmarks.guidance_digits [--workdir runs/digits_cond] [--n-iters N] [--per-class 100]
+                                         [--scales -1 0 0.5 1 2 4] [--threads 1]
 
 1. Trains (or resumes, so a re-run only samples) the class-conditional VP model of
    ``configs/digits_vp_conditional.py`` in ``--workdir``.
@@ -10,6 +11,8 @@ class-k sample as k, per class and overall, as the guidance weight w grows.
    and reports its accuracy on the held-out real digits.
 3. For each w, draws ``--per-class`` samples of every class with the config's sampler and weight w,
    classifies them, and writes ``guidance_w<w>.png`` (one row per class) under ``<workdir>/guidance``.
+   Diversity is the per-pixel standard deviation within a class, averaged over pixels and classes,
+   relative to that of the real held-out digits (1 = as varied as the data).
 
 Prints a table and writes ``<workdir>/guidance/results.json``.
 """
@@ -40,12 +43,18 @@ def real_digit_classifier(config) -> tuple[LogisticRegression, float]:
     return clf, float(clf.score(to_unit(test_x).flatten(1).numpy(), test_y.numpy()))
 
 
+def within_class_spread(x: torch.Tensor, labels: torch.Tensor, num_classes: int) -> float:
+    """Per-pixel standard deviation within each class, averaged over pixels and classes."""
+    flat = x.flatten(1)
+    return float(torch.stack([flat[labels == k].std(0).mean() for k in range(num_classes)]).mean())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/digits_cond")
     parser.add_argument("--n-iters", type=int, default=None, help="training steps (default: the config's)")
     parser.add_argument("--per-class", type=int, default=100)
-    parser.add_argument("--scales", type=float, nargs="+", default=[0.0, 1.0, 2.0, 4.0])
+    parser.add_argument("--scales", type=float, nargs="+", default=[-1.0, 0.0, 0.5, 1.0, 2.0, 4.0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0, help="sampling seed")
     args = parser.parse_args()
@@ -61,6 +70,8 @@ def main() -> None:
     print(f"logistic regression on real digits: held-out accuracy {real_acc:.3f}; training {train_s:.0f} s")
     sde, score_fn = load_score_fn(config, args.workdir)
     num_classes = config.model.num_classes
+    test_x, test_y = datasets.get_dataset(config.data)[1], datasets.get_labels(config.data)[1]
+    real_spread = within_class_spread(datasets.get_inverse_scaler(config.data)(test_x), test_y, num_classes)
     out_dir = os.path.join(args.workdir, "guidance")
     rows = []
     for w in args.scales:
@@ -71,11 +82,12 @@ def main() -> None:
         predicted = torch.as_tensor(clf.predict(x.clamp(0, 1).flatten(1).numpy()))
         correct = (predicted == labels).reshape(num_classes, args.per_class).double().mean(1)
         rows.append({"w": w, "nfe": nfe, "seconds": time.perf_counter() - start,
-                     "accuracy": float(correct.mean()), "per_class": correct.tolist()})
+                     "accuracy": float(correct.mean()), "per_class": correct.tolist(),
+                     "diversity": within_class_spread(x.clamp(0, 1), labels, num_classes) / real_spread})
         shown = x.reshape(num_classes, args.per_class, *x.shape[1:])[:, :10].flatten(0, 1)
         write_samples(os.path.join(out_dir, f"guidance_w{w:g}"), shown, f"w = {w:g}: one row per class", nrow=10)
-        print(f"w = {w:<4g} accuracy {rows[-1]['accuracy']:.3f}  per class {' '.join(f'{a:.2f}' for a in correct.tolist())}"
-              f"  ({nfe} NFE, {rows[-1]['seconds']:.0f} s)")
+        print(f"w = {w:<4g} accuracy {rows[-1]['accuracy']:.3f}  diversity {rows[-1]['diversity']:.2f}  per class"
+              f" {' '.join(f'{a:.2f}' for a in correct.tolist())}  ({nfe} NFE, {rows[-1]['seconds']:.0f} s)")
     with open(os.path.join(out_dir, "results.json"), "w") as f:
         json.dump({"method": config.sampling.method, "steps": config.sampling.steps, "per_class": args.per_class,
                    "n_iters": config.training.n_iters, "train_seconds": train_s, "real_accuracy": real_acc,

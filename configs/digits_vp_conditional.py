@@ -17,6 +17,9 @@ def get_config():
         "unet", image_size=8, num_channels=1, nf=32, ch_mult=(1, 2), num_res_blocks=1, dropout=0.1, num_classes=10
     )
     config.training.cond_drop_prob = 0.1
+    config.training.batch_size = 128
+    config.training.n_iters = 1000
+    config.optim.lr = 2e-3
     config.training.n_snapshot_samples = 100
     config.sampling = sampling_group(
         "dpm_solver_pp", steps=20, n_samples=100, class_label=-1, guidance_scale=2.0, order=2

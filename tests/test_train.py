@@ -3,6 +3,7 @@ stop, TensorBoard logging, and that a short run actually learns the ring's score
 import json
 import math
 import os
+import random
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from sde_diffusion.ema import EMA
 from sde_diffusion.models import get_score_fn
 from sde_diffusion.sde_lib import get_sde
 from sde_diffusion.targets import ring
-from sde_diffusion.train import NonFiniteLossError, TrainState, init_state, learning_rate, train
+from sde_diffusion.train import NonFiniteLossError, init_state, learning_rate, train
 
 
 def _tiny(config: ConfigDict, **overrides) -> ConfigDict:
@@ -84,13 +85,13 @@ def test_state_dict_restores_every_random_stream(tmp_path):
     config = _tiny(get_default_config())
     state = init_state(config)
     saved = state.state_dict()
-    expected = (torch.rand(3), np.random.rand(3), __import__("random").random(),
+    expected = (torch.rand(3), np.random.rand(3), random.random(),
                 torch.rand(3, generator=state.data_generator), torch.rand(3, generator=state.noise_generator))
     train_lib.seed_everything(999)
     state.data_generator.manual_seed(5)
     state.noise_generator.manual_seed(6)
     state.load_state_dict(saved)
-    got = (torch.rand(3), np.random.rand(3), __import__("random").random(),
+    got = (torch.rand(3), np.random.rand(3), random.random(),
            torch.rand(3, generator=state.data_generator), torch.rand(3, generator=state.noise_generator))
     assert torch.equal(got[0], expected[0]) and np.array_equal(got[1], expected[1]) and got[2] == expected[2]
     assert torch.equal(got[3], expected[3]) and torch.equal(got[4], expected[4])
