@@ -11,9 +11,11 @@ Sections:
                  reference and mode-switch fraction against the targets of the established
                  libraries (10 NFE: 0.042 / 4.0%, 20 NFE: 7.9e-3 / 1.0%), plus adaptive DPM-Solver
   stochastic     SDE solvers at 10 and 20 NFE: off-manifold fraction, spread, energy distance
-  noise_floor    Gotta-Go-Fast against Euler–Maruyama: the fewest evaluations at which the mean
-                 energy distance over seeds is within 1.5× the true-vs-true noise floor (from T,
-                 as Euler–Maruyama has no t_start)
+  noise_floor    Gotta-Go-Fast against Euler–Maruyama: the fewest evaluations (batched calls and
+                 per-sample evaluations) at which the mean energy distance over seeds is within
+                 1.5× the true-vs-true noise floor (from T, as Euler–Maruyama has no t_start), at
+                 --floor-n samples (default 20000: at 4000 the criterion is met by visibly biased
+                 samples)
   orders         empirical orders: log2 of the error ratio from 64 to 128 steps
 
 Writes ``report.md`` to ``--out`` (default ``benchmarks/results/fast_solvers``). Wall times are
@@ -31,7 +33,8 @@ from typing import Callable, Optional, Sequence
 import torch
 
 from sde_diffusion import metrics
-from sde_diffusion.benchmark import Benchmark, Row, mixture_problem, noise_level_warning
+import solvers
+from sde_diffusion.benchmark import Benchmark, Row, mixture_problem, noise_level_warning, parse_method
 from sde_diffusion.registry import Registry
 from sde_diffusion.sde_lib import get_sde
 from sde_diffusion.targets import ring
@@ -65,8 +68,8 @@ ORDERS = (
     ("unipc:order=2,lower_order_final=False", 3),
     ("unipc:order=3,lower_order_final=False", 4),
 )
-EM_STEPS = (10, 20, 30, 40, 50, 70, 100, 150, 200, 300)
-GGF_TOLERANCES = (0.5, 0.3, 0.2, 0.1, 0.05, 0.02)
+EM_STEPS = (40, 60, 100, 150, 200, 300, 500, 1000)
+GGF_TOLERANCES = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 
 SECTIONS: Registry[Callable[[argparse.Namespace], list[str]]] = Registry("benchmark section")
 
@@ -139,31 +142,61 @@ def stochastic_section(args: argparse.Namespace) -> list[str]:
     return lines + table(["target NFE", "method", "nfe", "off-manifold", "spread", "mode TV", "energy / floor"], rows)
 
 
-def nfe_to_floor(benches: list[Benchmark], specs: Sequence[tuple[str, dict]], factor: float = 1.5) -> tuple[list[tuple], Optional[int]]:
-    """Mean NFE, energy/floor, mode TV and spread over the seeds' benchmarks for each (spec, run
-    kwargs), and the smallest mean NFE whose mean energy is within ``factor`` of the floor."""
-    rows, reached = [], None
-    for spec, kwargs in specs:
-        runs = [b.run(spec, deterministic=False, **kwargs) for b in benches]
-        ratio = sum(r.energy / metrics.energy_noise_floor(b.true_samples, b.problem.n, b.problem.n) for r, b in zip(runs, benches)) / len(runs)
-        nfe = sum(r.nfe for r in runs) / len(runs)
-        rows.append((f"{spec} {runs[0].setting}" if runs[0].steps else spec, nfe, ratio, sum(r.mode_tv for r in runs) / len(runs), sum(r.spread for r in runs) / len(runs)))
-        log(rows[-1])
-        if ratio <= factor and (reached is None or nfe < reached):
-            reached = round(nfe)
-    return rows, reached
+def floor_row(benches: list[Benchmark], spec: str, kwargs: dict, floors: list[float]) -> tuple:
+    """(label, mean batched NFE, mean per-sample evaluations, energy/floor, mode TV, spread) over the
+    seeds' benchmarks. The batched NFE counts score calls on the whole batch (``solvers.sample``'s
+    count: an adaptive solver's call still counts when most samples have finished); the per-sample
+    count is 2 (accepted + rejected) / n + 1 for Gotta-Go-Fast (its own steps and the denoise) and
+    the batched NFE for fixed-step methods."""
+    name, variant = parse_method(spec)
+    nfe, per_sample, ratio, tv, spread = [], [], [], [], []
+    for bench, floor in zip(benches, floors):
+        p = bench.problem
+        g = torch.Generator().manual_seed(p.seed + 2)
+        x, counted, info = solvers.sample(p.sde, p.score_fn, bench.latents.shape, name, eps=p.eps, x_T=bench.latents, generator=g, return_info=True, **variant, **kwargs)
+        nfe.append(counted)
+        per_sample.append(2 * (info["accepted"] + info["rejected"]) / p.n + 1 if "accepted" in info else counted)
+        ratio.append(metrics.energy_distance(x, bench.true_samples) / floor)
+        tv.append(metrics.mode_weight_tv(p.target, x))
+        spread.append(metrics.spread_ratio(p.target, x))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    label = f"{spec} steps={kwargs['steps']}" if "steps" in kwargs else spec
+    row = (label, mean(nfe), mean(per_sample), mean(ratio), mean(tv), mean(spread))
+    log(row)
+    return row
+
+
+def fewest(rows: list[tuple], column: int, factor: float) -> Optional[float]:
+    """The smallest value of ``column`` among the rows whose mean energy/floor is ≤ ``factor``."""
+    reached = [r[column] for r in rows if r[3] <= factor]
+    return min(reached) if reached else None
 
 
 @SECTIONS.register("noise_floor")
 def noise_floor_section(args: argparse.Namespace) -> list[str]:
-    benches = [Benchmark(mixture_problem(ring(), get_sde("vp"), n=args.n, seed=s, name="ring_vp")) for s in range(args.seeds)]
-    em_rows, em_nfe = nfe_to_floor(benches, [("euler_maruyama", {"steps": n}) for n in EM_STEPS])
-    ggf_rows, ggf_nfe = nfe_to_floor(benches, [(f"gotta_go_fast:eps_rel={r}", {}) for r in GGF_TOLERANCES])
+    """At n samples the true-vs-true floor is E|X-X'| · 2/n, so the 1.5× criterion resolves a bias
+    only down to ~√(floor/2): at n = 4000 Euler–Maruyama meets it at ~41 NFE with a spread ratio of
+    1.28; ``--floor-n`` (default 20000) makes the comparison meaningful."""
+    n = args.floor_n
+    benches = [Benchmark(mixture_problem(ring(), get_sde("vp"), n=n, seed=s, name="ring_vp")) for s in range(args.seeds)]
+    floors = [metrics.energy_noise_floor(b.true_samples, n, n) for b in benches]
+    em_rows = [floor_row(benches, "euler_maruyama", {"steps": k}, floors) for k in EM_STEPS]
+    ggf_rows = [floor_row(benches, f"gotta_go_fast:eps_rel={r}", {}, floors) for r in GGF_TOLERANCES]
     lines = ["## Gotta-Go-Fast against Euler–Maruyama at the noise floor", ""]
-    lines += [f"VP from T to eps = 1e-3 with the final denoise, n = {args.n}, {args.seeds} seeds; criterion: mean energy ≤ 1.5 × floor.", ""]
-    lines += table(["method", "mean nfe", "energy / floor", "mode TV", "spread"], em_rows + ggf_rows)
-    ratio = f"{ggf_nfe / em_nfe:.2f}" if em_nfe and ggf_nfe else "n/a"
-    lines += ["", f"Euler–Maruyama reaches the floor at {em_nfe} NFE, Gotta-Go-Fast at {ggf_nfe} (ratio {ratio}; the target is ≤ 0.2)."]
+    lines += [
+        f"VP from T to eps = 1e-3 with the final denoise, n = {n}, {args.seeds} seeds; criterion: mean energy ≤ 1.5 × floor "
+        f"(floor {sum(floors) / len(floors):.3g}). Batched NFE counts score calls on the whole batch; per-sample NFE counts each "
+        "sample's own evaluations (Gotta-Go-Fast: 2 per attempted step + the denoise).",
+        "",
+    ]
+    lines += table(["method", "batched nfe", "per-sample nfe", "energy / floor", "mode TV", "spread"], em_rows + ggf_rows)
+    em = fewest(em_rows, 1, 1.5)
+    lines.append("")
+    for column, what in ((1, "batched"), (2, "per-sample")):
+        ggf = fewest(ggf_rows, column, 1.5)
+        ratio = f"{ggf / em:.2f}" if em and ggf else "n/a"
+        verdict = "meets" if em and ggf and ggf / em <= 0.2 else "does not meet"
+        lines.append(f"- {what} NFE: Euler–Maruyama reaches the floor at {em if em is None else round(em)}, Gotta-Go-Fast at {ggf if ggf is None else round(ggf)} (ratio {ratio}; {verdict} the target ≤ 0.2).")
     return lines
 
 
@@ -192,7 +225,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--sections", nargs="+", default=SECTIONS.names(), choices=SECTIONS.names())
     p.add_argument("--n", type=int, default=4000, help="samples per run")
-    p.add_argument("--seeds", type=int, default=3, help="seeds of the noise-floor comparison")
+    p.add_argument("--seeds", type=int, default=2, help="seeds of the noise-floor comparison")
+    p.add_argument("--floor-n", type=int, default=20000, help="samples per run of the noise-floor comparison")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "fast_solvers"))
     p.add_argument("--quick", action="store_true", help="smoke run: 200 samples, 1 seed")
@@ -203,7 +237,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.quick:
-        args.n, args.seeds = 200, 1
+        args.n, args.seeds, args.floor_n = 200, 1, 200
     lines = ["# Fast-solver benchmark", "", f"n = {args.n} samples per run.", ""]
     for name in args.sections:
         lines += SECTIONS.get(name)(args) + [""]
