@@ -21,7 +21,6 @@ every training batch: ``get_dequantizer(config)`` returns that function (or None
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Iterator, Optional
 
 import torch

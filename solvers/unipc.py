@@ -136,6 +136,7 @@ def unipc(
     grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
     orders = step_orders(steps, order, lower_order_final)
     history: list[tuple[Node, torch.Tensor]] = []  # (node, model output), newest first
+    x_start = x  # the state the corrector re-solves the last step from
     for i in progress_range(steps, progress):
         m = kind.model(score_fn, x, grid[i])
         if corrector and history:

@@ -36,11 +36,13 @@ WORLD = 2
 TIMEOUT_S = "60"
 #: Every random stream of a training step: batch indices, uniform dequantisation, label dropout,
 #: importance-sampled times and the noise; no dropout (each process draws its own masks).
+#: The run every multi-process test trains; the learning rate is pinned so the tolerance argument of
+#: ``test_two_processes_train_like_one`` does not move with the digits demo's tuning.
 TRAIN_OVERRIDES = {
     "training.n_iters": 6, "training.snapshot_freq": 3, "training.log_freq": 1, "training.batch_size": 32,
     "training.progress": False, "training.sample_freq": 0, "training.ema_rate": 0.9,
     "training.cond_drop_prob": 0.2, "training.weighting": "likelihood", "training.importance_sampling": True,
-    "data.uniform_dequantization": True, "optim.warmup": 0,
+    "data.uniform_dequantization": True, "optim.warmup": 0, "optim.lr": 2e-3,
 }
 LIKELIHOOD_EPS, LIKELIHOOD_POINTS, LIKELIHOOD_BATCH = 1e-3, 32, 8
 BENCH_METHOD, BENCH_STEPS, BENCH_N = "euler_maruyama:probability_flow=True", 20, 32

@@ -1,7 +1,6 @@
 """Score networks and ``get_score_fn``: shapes, noise-level dependence, the preconditioning
 convention (checked with an oracle network built from an exact mixture score), and a short DSM
 training run that must approach the analytic score."""
-import math
 
 import pytest
 import torch
