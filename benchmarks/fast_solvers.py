@@ -2,8 +2,9 @@
 ∝ 1..8) with its exact score, PF-ODE from σ/α = 80 to 0.002 and a final step to 0, every evaluation
 counted (``sde_diffusion.benchmark``: matched latents, dopri5 reference at 1e-10, quality metrics).
 
-    python benchmarks/fast_solvers.py                     # all sections, 4000 samples (~10 min)
+    python benchmarks/fast_solvers.py                     # all sections, 4000 samples (noise floor: 20000, ~1 h)
     python benchmarks/fast_solvers.py --sections deterministic --n 4000
+    python benchmarks/fast_solvers.py --sections noise_floor --floor-n 20000 --seeds 2
     python benchmarks/fast_solvers.py --quick             # smoke run in seconds
 
 Sections:
@@ -32,9 +33,15 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from sde_diffusion import metrics
 import solvers
-from sde_diffusion.benchmark import Benchmark, Row, mixture_problem, noise_level_warning, parse_method
+from sde_diffusion import metrics
+from sde_diffusion.benchmark import (
+    Benchmark,
+    Row,
+    mixture_problem,
+    noise_level_warning,
+    parse_method,
+)
 from sde_diffusion.registry import Registry
 from sde_diffusion.sde_lib import get_sde
 from sde_diffusion.targets import ring
@@ -159,9 +166,8 @@ def floor_row(benches: list[Benchmark], spec: str, kwargs: dict, floors: list[fl
         ratio.append(metrics.energy_distance(x, bench.true_samples) / floor)
         tv.append(metrics.mode_weight_tv(p.target, x))
         spread.append(metrics.spread_ratio(p.target, x))
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
     label = f"{spec} steps={kwargs['steps']}" if "steps" in kwargs else spec
-    row = (label, mean(nfe), mean(per_sample), mean(ratio), mean(tv), mean(spread))
+    row = (label, *(sum(v) / len(v) for v in (nfe, per_sample, ratio, tv, spread)))
     log(row)
     return row
 
@@ -184,9 +190,11 @@ def noise_floor_section(args: argparse.Namespace) -> list[str]:
     ggf_rows = [floor_row(benches, f"gotta_go_fast:eps_rel={r}", {}, floors) for r in GGF_TOLERANCES]
     lines = ["## Gotta-Go-Fast against Euler–Maruyama at the noise floor", ""]
     lines += [
-        f"VP from T to eps = 1e-3 with the final denoise, n = {n}, {args.seeds} seeds; criterion: mean energy ≤ 1.5 × floor "
-        f"(floor {sum(floors) / len(floors):.3g}). Batched NFE counts score calls on the whole batch; per-sample NFE counts each "
-        "sample's own evaluations (Gotta-Go-Fast: 2 per attempted step + the denoise).",
+        (
+            f"VP from T to eps = 1e-3 with the final denoise, n = {n}, {args.seeds} seeds; criterion: mean energy ≤ 1.5 × floor "
+            f"(floor {sum(floors) / len(floors):.3g}). Batched NFE counts score calls on the whole batch; per-sample NFE counts "
+            "each sample's own evaluations (Gotta-Go-Fast: 2 per attempted step + the denoise)."
+        ),
         "",
     ]
     lines += table(["method", "batched nfe", "per-sample nfe", "energy / floor", "mode TV", "spread"], em_rows + ggf_rows)

@@ -181,7 +181,8 @@ def get_default_config() -> ml_collections.ConfigDict:
 def get_digits_config() -> ml_collections.ConfigDict:
     """The defaults for scikit-learn's 8×8 digits: a small U-Net (0.65 M parameters), data centred
     to (-1, 1), 1500 steps of batch 64 at lr 4e-3 (a few minutes on a 2-core CPU; recognisable digits
-    from about 1000 steps on), a 16-sample snapshot every 500 steps."""
+    from about 1000 steps on), a 16-sample snapshot every 500 steps; the ODE sampler at rtol = atol =
+    1e-3."""
     config = get_default_config()
     config.data.dataset = "digits"
     config.model = model_group("unet", image_size=8, num_channels=1, nf=32, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0)
@@ -192,6 +193,7 @@ def get_digits_config() -> ml_collections.ConfigDict:
     config.training.n_snapshot_samples = 16
     config.optim.lr = 4e-3
     config.sampling.n_samples = 64
+    config.sampling.ode.rtol = config.sampling.ode.atol = 1e-3  # 1e-5 costs 840 NFE for the same images
     return config
 
 
