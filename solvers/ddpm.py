@@ -9,7 +9,6 @@ from typing import Optional
 import torch
 
 from sde_diffusion.discrete import DDPMChain
-from sde_diffusion.parameterization import data_from_score
 from sde_diffusion.sde_lib import LinearSDE
 from sde_diffusion.utils import check_positive_int
 
@@ -114,12 +113,16 @@ def _posterior_walk(
 ) -> torch.Tensor:
     """The update DDPM and DDIM share, down the levels τ: a draw from a Gaussian whose mean is affine in
     the Tweedie estimate x̂_0 = (x + σ(t)² s) / α(t) and in x,
-      x ← c_0 x̂_0 + c_x x + σ z,   (c_0, c_x, σ) = ``coefs[i]`` (no noise is drawn where σ = 0)."""
-    for i in progress_range(len(coefs), progress):
-        k = tau[i]
-        x0 = data_from_score(score_fn(x, full_time(x, lv.t[k])), x, lv.score_alpha[k], lv.score_sigma[k])
-        c0, cx, std = coefs[i]
-        x = c0 * x0 + cx * x
+      x ← c_0 x̂_0 + c_x x + σ z = (c_0/α + c_x) x + (c_0 σ²/α) s + σ z,
+    (c_0, c_x, σ) = ``coefs[i]`` (no noise is drawn where σ = 0); the second form, with its two
+    coefficients folded before the loop, is what runs."""
+    folded = [
+        (c0 / lv.score_alpha[k] + cx, c0 * lv.score_sigma[k] ** 2 / lv.score_alpha[k], std)
+        for (c0, cx, std), k in zip(coefs, tau)
+    ]
+    for i in progress_range(len(folded), progress):
+        a, b, std = folded[i]
+        x = a * x + b * score_fn(x, full_time(x, lv.t[tau[i]]))
         if std > 0:
             x = x + std * noise_like(x, generator)
     return x

@@ -3,7 +3,7 @@ Langevin sampler."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Optional
 
 import torch
 
@@ -13,15 +13,12 @@ from sde_diffusion.utils import check_positive_int
 from .common import ScoreFn, full_time, noise_like, progress_range, tweedie_denoise
 from .registry import register_method
 
-StepSize = Union[float, torch.Tensor]
-
-
-def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size: StepSize, noise: torch.Tensor) -> torch.Tensor:
+def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size: float, noise: torch.Tensor) -> torch.Tensor:
     """One unadjusted Langevin step x ← x + ε ∇log p(x) + √(2ε) z (Song et al. 2021, Algs. 4–5)."""
-    return x + step_size * score + (2 * step_size) ** 0.5 * noise
+    return torch.add(x, score, alpha=step_size).add_(noise, alpha=math.sqrt(2 * step_size))
 
 
-def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: float) -> torch.Tensor:
+def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: float) -> float:
     """Song et al.'s (2021, Algs. 4–5) rule ε = 2 α (r ‖z‖ / ‖s‖)² for a target signal-to-noise ratio r.
 
     ‖·‖ are per-sample norms averaged over the batch, as in score_sde. Per-sample norms would make ε a
@@ -29,8 +26,8 @@ def snr_step_size(score: torch.Tensor, noise: torch.Tensor, snr: float, alpha: f
     up in low dimension, where ‖s‖ → 0 at every mode centre; the batch average is nearly a constant of
     the step for large batches, at the price of a weak coupling between the samples of a batch.
     """
-    noise_norm = torch.linalg.vector_norm(noise.flatten(1), dim=1).mean()
-    score_norm = torch.linalg.vector_norm(score.flatten(1), dim=1).mean()
+    noise_norm = float(torch.linalg.vector_norm(noise.flatten(1), dim=1).mean())
+    score_norm = float(torch.linalg.vector_norm(score.flatten(1), dim=1).mean())
     return 2 * alpha * (snr * noise_norm / score_norm) ** 2
 
 

@@ -19,11 +19,11 @@ from sde_diffusion.utils import check_positive_int
 
 from .common import ScoreFn, full_time, noise_like, progress_range, tweedie_denoise, uniform_time_grid
 from .ddpm import Levels, chain_levels
-from .langevin import StepSize, ald_step_size, langevin_step, snr_step_size
+from .langevin import ald_step_size, langevin_step, snr_step_size
 from .registry import register_method
 
 PredictorStep = Callable[[torch.Tensor, torch.Tensor, int, Optional[torch.Generator]], torch.Tensor]
-CorrectorStepSize = Callable[[torch.Tensor, torch.Tensor, int], StepSize]
+CorrectorStepSize = Callable[[torch.Tensor, torch.Tensor, int], float]
 
 
 @dataclass(frozen=True)
@@ -44,8 +44,8 @@ def _affine_step(keep: list[float], drift: list[float], std: list[float]) -> Pre
     predictors (no noise is drawn where std_i = 0)."""
 
     def step(x: torch.Tensor, score: torch.Tensor, i: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-        x = keep[i] * x + drift[i] * score
-        return x + std[i] * noise_like(x, generator) if std[i] > 0 else x
+        x = torch.add(keep[i] * x, score, alpha=drift[i])
+        return x.add_(noise_like(x, generator), alpha=std[i]) if std[i] > 0 else x
 
     return step
 
