@@ -5,7 +5,7 @@ One step (score_sde's ``optimization_manager`` + ``step_fn``), for n = 1, 2, ...
 
     L = loss_fn(θ, batch)                        (``config.training.loss``)
     g ← ∇L,  g ← g · min(1, c / ‖g‖)             (clip the global norm at c = ``optim.grad_clip`` > 0)
-    η_n = lr · min(1, n / warmup)                (linear warm-up)
+    η_n = lr · min(1, n / warmup) · d(n / n_iters)  (linear warm-up; d: ``optim.schedule``)
     θ ← Adam(θ, g, η_n);  θ̄ ← EMA(θ̄, θ)
 
 Everything random has its own seeded generator (``data``: batch indices; ``noise``: times, noise and
@@ -58,9 +58,28 @@ def adamw(params: Iterable[nn.Parameter], optim: ConfigDict) -> torch.optim.Opti
     return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay)
 
 
-def learning_rate(step: int, optim: ConfigDict) -> float:
-    """η_n = lr · min(1, n / warmup) for optimiser step n >= 1 (no warm-up when warmup = 0)."""
-    return optim.lr * min(1.0, step / optim.warmup) if optim.warmup > 0 else optim.lr
+#: Decay factors d(p) of the learning rate at the fraction p = n / n_iters of the run.
+SCHEDULES: Registry[Callable[[float], float]] = Registry("learning-rate schedule")
+
+
+@SCHEDULES.register("constant")
+def constant_schedule(p: float) -> float:
+    """d(p) = 1 (score_sde)."""
+    return 1.0
+
+
+@SCHEDULES.register("cosine")
+def cosine_schedule(p: float) -> float:
+    """d(p) = ½ (1 + cos(π min(p, 1))): from 1 to 0 at the end of the run (Loshchilov & Hutter 2017,
+    without restarts)."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
+
+
+def learning_rate(step: int, optim: ConfigDict, n_iters: int) -> float:
+    """η_n = lr · min(1, n / warmup) · d(n / n_iters) for optimiser step n >= 1 of a run of ``n_iters``
+    steps, d = ``SCHEDULES[optim.schedule]``; no warm-up when warmup = 0."""
+    warmup = min(1.0, step / optim.warmup) if optim.warmup > 0 else 1.0
+    return optim.lr * warmup * SCHEDULES.get(optim.schedule)(step / n_iters)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -159,10 +178,11 @@ def train_step(
     loss_fn: losses.LossFn,
     batch: torch.Tensor,
     optim: ConfigDict,
+    n_iters: int,
     labels: Optional[torch.Tensor] = None,
     shard: Optional[distributed.RowShard] = None,
 ) -> tuple[float, float, float]:
-    """One optimiser step (module docstring), with the batch's class ``labels`` for a class-conditional
+    """One optimiser step (module docstring) of a run of ``n_iters`` steps, with the batch's class ``labels`` for a class-conditional
     model; returns ``(loss, gradient norm, learning rate)`` and raises ``NonFiniteLossError`` before
     touching the weights if the loss or gradient is not finite. With a ``shard`` (multi-process) this
     process evaluates its rows of the global batch and the loss is the mean over processes."""
@@ -179,7 +199,7 @@ def train_step(
     grad_norm = float(nn.utils.clip_grad_norm_(state.model.parameters(), max_norm))
     if not math.isfinite(grad_norm):
         raise NonFiniteLossError(f"the gradient norm is {grad_norm} at step {n} (loss {value})")
-    lr = learning_rate(n, optim)
+    lr = learning_rate(n, optim, n_iters)
     for group in state.optimizer.param_groups:
         group["lr"] = lr
     state.optimizer.step()
@@ -236,7 +256,7 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
             batch, labels = train_data[idx], None if train_labels is None else train_labels[idx]
             if dequantize is not None:
                 batch = dequantize(batch, state.noise_generator)
-            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim, labels, shard)
+            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim, config.training.n_iters, labels, shard)
             bar.update(1)
             if main and state.step % tc.log_freq == 0:
                 writer.add_scalar("training/loss", loss, state.step)

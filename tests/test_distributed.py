@@ -258,6 +258,7 @@ RING_OVERRIDES = {
     "model.hidden": 32, "model.num_blocks": 1, "model.embedding_dim": 16, "training.batch_size": 64,
     "training.n_iters": 10**6, "training.snapshot_freq": 10, "training.keep_checkpoints": 2,
     "training.progress": False, "training.sample_freq": 0, "data.n_train": 2000, "data.n_test": 100,
+    "optim.lr": 2e-3, "optim.schedule": "constant",
 }
 
 

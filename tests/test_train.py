@@ -71,10 +71,19 @@ def test_ema_rejects_another_model():
 
 
 def test_learning_rate_warmup():
-    """η_n = lr · min(1, n / warmup): 1e-3 · 1/4, 1/2, 1, 1 at n = 1, 2, 4, 9; constant without warm-up."""
-    optim = ConfigDict({"lr": 1e-3, "warmup": 4})
-    assert [learning_rate(n, optim) for n in (1, 2, 4, 9)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
-    assert learning_rate(1, ConfigDict({"lr": 1e-3, "warmup": 0})) == 1e-3
+    """η_n = lr · min(1, n / warmup) with the constant schedule: 1e-3 · 1/4, 1/2, 1, 1 at n = 1, 2, 4, 9;
+    constant without warm-up."""
+    optim = ConfigDict({"lr": 1e-3, "warmup": 4, "schedule": "constant"})
+    assert [learning_rate(n, optim, 10) for n in (1, 2, 4, 9)] == pytest.approx([2.5e-4, 5e-4, 1e-3, 1e-3])
+    assert learning_rate(1, ConfigDict({"lr": 1e-3, "warmup": 0, "schedule": "constant"}), 10) == 1e-3
+
+
+def test_learning_rate_cosine_decay():
+    """The cosine schedule multiplies the warm-up by ½(1 + cos(πn/N)) over a run of N = 8 steps: at
+    n = 2 (warm-up 1/2) 0.5 · 0.85355 = 0.42678; at n = 4 the half-way value 0.5; 0.14645 at n = 6; 0 at
+    the end."""
+    optim = ConfigDict({"lr": 1.0, "warmup": 4, "schedule": "cosine"})
+    assert [learning_rate(n, optim, 8) for n in (2, 4, 6, 8)] == pytest.approx([0.42678, 0.5, 0.14645, 0.0], abs=1e-5)
 
 
 # --- checkpoints of the training state ----------------------------------------------------------------
@@ -168,15 +177,16 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
 # --- a real (short) run --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ring_run(tmp_path_factory):
-    """300 steps of a 2-block, 64-wide MLP on the ring (batch 256), logging every 50 steps with a
-    100-step warm-up, one snapshot sample at the end."""
+    """300 steps of a 2-block, 64-wide MLP on the ring (batch 256, constant lr 2e-3), logging every 50 steps
+    with a 100-step warm-up, one snapshot sample at the end."""
     workdir = str(tmp_path_factory.mktemp("ring_run"))
     config = get_default_config()
     config.model = model_group("mlp", dim=2, hidden=64, num_blocks=2, embedding_dim=32)
     config = validate(apply_overrides(config, {
         "training.n_iters": 300, "training.batch_size": 256, "training.progress": False, "training.log_freq": 50,
         "training.sample_freq": 300, "training.n_snapshot_samples": 200, "training.snapshot_freq": 300,
-        "sampling.method": "euler_maruyama", "sampling.steps": 50, "data.n_train": 20000,
+        "sampling.method": "euler_maruyama", "sampling.steps": 50, "data.n_train": 20000, "optim.lr": 2e-3,
+        "optim.schedule": "constant",
     }))
     return config, workdir, train(config, workdir)
 
@@ -204,7 +214,7 @@ def test_short_run_learns_the_score(ring_run):
 
 
 def test_tensorboard_logs_the_schedule_and_samples(ring_run):
-    """Scalars every 50 steps: the learning rate follows the warm-up (2e-3 · min(1, n/100)), the loss
+    """Scalars every 50 steps: the learning rate follows the warm-up (lr · min(1, n/100)), the loss
     and gradient norm are finite and positive; a sample scatter plot is logged at step 300 and the
     snapshot samples are written as PNG + npz."""
     config, workdir, _ = ring_run
@@ -212,7 +222,7 @@ def test_tensorboard_logs_the_schedule_and_samples(ring_run):
     lr = {e.step: e.value for e in events.Scalars("training/lr")}
     assert sorted(lr) == [50, 100, 150, 200, 250, 300]
     for step, value in lr.items():
-        assert value == pytest.approx(2e-3 * min(1.0, step / 100), rel=1e-6)
+        assert value == pytest.approx(config.optim.lr * min(1.0, step / 100), rel=1e-6)
     for tag in ("training/loss", "training/grad_norm"):
         values = [e.value for e in events.Scalars(tag)]
         assert len(values) == 6 and all(math.isfinite(v) and v > 0 for v in values)
