@@ -182,8 +182,8 @@ def train_step(
     labels: Optional[torch.Tensor] = None,
     shard: Optional[distributed.RowShard] = None,
 ) -> tuple[float, float, float]:
-    """One optimiser step (module docstring) of a run of ``n_iters`` steps, with the batch's class ``labels`` for a class-conditional
-    model; returns ``(loss, gradient norm, learning rate)`` and raises ``NonFiniteLossError`` before
+    """One optimiser step (module docstring) of a run of ``n_iters`` steps, with the batch's class
+    ``labels`` for a class-conditional model; returns ``(loss, gradient norm, learning rate)`` and raises ``NonFiniteLossError`` before
     touching the weights if the loss or gradient is not finite. With a ``shard`` (multi-process) this
     process evaluates its rows of the global batch and the loss is the mean over processes."""
     n = state.step + 1
