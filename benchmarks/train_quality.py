@@ -105,10 +105,10 @@ def throughput(config_path: str, warmup: int, steps: int) -> dict:
     loss_fn = losses.get_loss_fn(build_sde(config), config.training)
     data = datasets.get_dataset(config.data)[0]
     dequantize = datasets.get_dequantizer(config.data)
-    bs = config.training.batch_size
+    bs, rows = config.training.batch_size, losses.rows_per_step(config.training)
 
     def step() -> None:
-        batch = data[torch.randint(data.shape[0], (bs,), generator=state.data_generator)]
+        batch = data[torch.randint(data.shape[0], (rows,), generator=state.data_generator)]
         train_step(state, loss_fn, batch if dequantize is None else dequantize(batch, state.noise_generator), config.optim,
                    config.training.n_iters)
 

@@ -1,5 +1,5 @@
-"""Training objectives: continuous-time denoising score matching and the discrete objectives
-(DDPM, SMLD) it generalises.
+"""Training objectives: continuous-time denoising score matching, its stable-target variant, and
+the discrete objectives (DDPM, SMLD) it generalises.
 
 Every per-sample loss below takes a plain ``score_fn(x, t)`` (a network through
 ``models.get_score_fn``, or the exact score of a mixture) and returns a ``(B,)`` tensor: the
@@ -10,7 +10,8 @@ target is the conditional score ∇log p_0t(x_t | x_0) = -z/σ, and
 
 is computed in the second form, which stays O(1) as σ → 0. Since
 E‖s + z/σ‖² = E‖s - ∇log p_t‖² + C(t) with C independent of s (Vincent 2011), the exact score
-minimises every objective here; ``get_loss_fn`` averages over the batch after dividing by the
+minimises every objective here but 'stf', whose lower-variance target z → ẑ (``stable_target``)
+buys that variance with a small bias; ``get_loss_fn`` averages over the batch after dividing by the
 number of dimensions (``reduce='mean'``) or not (``'sum'``; score_sde's 'sum' also halves, this
 one does not).
 
@@ -62,14 +63,44 @@ REDUCTIONS = ("mean", "sum")
 
 # --- per-sample objectives ----------------------------------------------------------------------
 def dsm_loss(
-    sde: LinearSDE, score_fn: ScoreFn, x0: torch.Tensor, t: torch.Tensor, z: torch.Tensor, weighting: str = "sigma2"
+    sde: LinearSDE,
+    score_fn: ScoreFn,
+    x0: torch.Tensor,
+    t: torch.Tensor,
+    z: torch.Tensor,
+    weighting: str = "sigma2",
+    reference: Optional[torch.Tensor] = None,
 ) -> torch.Tensor:
-    """ℓ = (λ(t)/σ²) ‖σ s(α x_0 + σ z, t) + z‖² summed over dimensions, shape (B,)."""
+    """ℓ = (λ(t)/σ²) ‖σ s(x_t, t) + ẑ‖² summed over dimensions, shape (B,), at x_t = α x_0 + σ z:
+    ẑ = z (DSM), or, given a ``reference`` batch that contains x_0, the stable target of
+    ``stable_target``."""
     ratio = WEIGHTINGS.get(weighting)
-    alpha, sigma = sde.alpha(t), sde.sigma(t)
-    a, s = append_dims(alpha.to(x0.dtype), x0.ndim), append_dims(sigma.to(x0.dtype), x0.ndim)
-    score = score_fn(a * x0 + s * z, t)
-    return ratio(sde, t).to(x0.dtype) * sum_except_batch((s * score + z) ** 2)
+    alpha, sigma = sde.alpha(t).to(x0.dtype), sde.sigma(t).to(x0.dtype)
+    a, s = append_dims(alpha, x0.ndim), append_dims(sigma, x0.ndim)
+    xt = a * x0 + s * z
+    target = z if reference is None else stable_target(xt, alpha, sigma, reference)
+    return ratio(sde, t).to(x0.dtype) * sum_except_batch((s * score_fn(xt, t) + target) ** 2)
+
+
+@torch.no_grad()
+def stable_target(xt: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """The stable target field in noise units (Xu, Tong & Jaakkola 2023, "Stable target field for
+    reduced variance score estimation in diffusion models", Sec. 3): for x_t with kernel (α, σ)
+    (shapes (B,)) and the reference batch {y_j} (rows of ``reference``, x_0 among them),
+
+        w_j ∝ p_0t(x_t | y_j) = N(x_t; α y_j, σ² I),    ẑ = (x_t - α Σ_j w_j y_j) / σ,
+
+    so that -ẑ/σ = Σ_j w_j ∇log p_0t(x_t | y_j), the score of the perturbed empirical measure of the
+    references, replaces DSM's -z/σ. Where one kernel dominates (small σ) ẑ = z; where the modes
+    merge, it averages over them: lower variance, at a bias that vanishes as the reference grows.
+    The logits -‖x_t - α y_j‖²/(2σ²) drop their per-row term -‖x_t‖²/(2σ²), which cancels in the
+    softmax, leaving one matrix product: (α/σ²) (x_t·y_j - α ‖y_j‖²/2)."""
+    x, y = xt.flatten(1), reference.flatten(1).to(xt.dtype)
+    scale = (alpha / sigma**2)[:, None]
+    rows = torch.cat([scale * x, -0.5 * scale * alpha[:, None]], dim=1)
+    cols = torch.cat([y, (y**2).sum(1, keepdim=True)], dim=1)
+    weights = torch.softmax(rows @ cols.T, dim=1)
+    return ((x - alpha[:, None] * (weights @ y)) / sigma[:, None]).view_as(xt)
 
 
 def ddpm_vlb_weights(chain: DDPMChain) -> torch.Tensor:
@@ -123,10 +154,11 @@ def _check_continuous_only(config: Any, loss: str) -> None:
         )
 
 
-@LOSSES.register("dsm")
-def _dsm(sde: LinearSDE, config: Any) -> PerSampleLoss:
+def _continuous(sde: LinearSDE, config: Any, stable: bool) -> PerSampleLoss:
     """Continuous DSM with t ~ U(eps, T), or, for the likelihood weighting with
-    ``importance_sampling``, t ~ p(t) ∝ g²/σ² and the importance weight (same expectation)."""
+    ``importance_sampling``, t ~ p(t) ∝ g²/σ² and the importance weight (same expectation).
+    ``stable``: the rows passed in are the reference batch, of which the first ``batch_size``
+    (all, when ``reference_batch_size`` is 0) are perturbed and scored."""
     weighting = _field(config, "weighting", "sigma2")
     WEIGHTINGS.get(weighting)  # unknown names fail here, not at the first training step
     importance = bool(_field(config, "importance_sampling", False))
@@ -135,16 +167,33 @@ def _dsm(sde: LinearSDE, config: Any) -> PerSampleLoss:
     eps = float(_field(config, "eps", 1e-5))
     if not 0 < eps < sde.T:
         raise ValueError(f"eps must lie in (0, {sde.T}), got {eps}")
+    if stable:
+        rows_per_step(config)  # refuses 0 < reference_batch_size < batch_size
+    trained = _field(config, "batch_size", None) if stable and _field(config, "reference_batch_size", 0) else None
 
-    def per_sample(score_fn: ScoreFn, x0: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    def per_sample(score_fn: ScoreFn, batch: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+        x0, reference = batch[:trained], batch if stable else None
         z = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         if importance:
             t, weight = likelihood_importance_time(sde, x0.shape[0], eps, generator, x0.device)
-            return weight.to(x0.dtype) * dsm_loss(sde, score_fn, x0, t, z, "likelihood")
+            return weight.to(x0.dtype) * dsm_loss(sde, score_fn, x0, t, z, "likelihood", reference)
         t = uniform_time(x0.shape[0], eps, sde.T, generator, x0.device)
-        return dsm_loss(sde, score_fn, x0, t, z, weighting)
+        return dsm_loss(sde, score_fn, x0, t, z, weighting, reference)
 
     return per_sample
+
+
+@LOSSES.register("dsm")
+def _dsm(sde: LinearSDE, config: Any) -> PerSampleLoss:
+    """Denoising score matching, target ẑ = z (Vincent 2011; Song et al. 2021, eq. 7)."""
+    return _continuous(sde, config, stable=False)
+
+
+@LOSSES.register("stf")
+def _stf(sde: LinearSDE, config: Any) -> PerSampleLoss:
+    """DSM with the stable target ``stable_target`` over a reference batch: ``reference_batch_size``
+    rows of data per step (0: the batch itself), the first ``batch_size`` of them trained on."""
+    return _continuous(sde, config, stable=True)
 
 
 def _discrete(sde: LinearSDE, config: Any, loss: str, chain_type: type, vlb: bool) -> PerSampleLoss:
@@ -189,6 +238,18 @@ def get_per_sample_loss_fn(sde: LinearSDE, training_config: Any) -> PerSampleLos
     return LOSSES.get(_field(training_config, "loss", "dsm"))(sde, training_config)
 
 
+def rows_per_step(training_config: Any) -> int:
+    """Rows of data a training step draws: ``batch_size``, or for loss 'stf' its
+    ``reference_batch_size`` when that is set (≥ ``batch_size``; the first ``batch_size`` rows are
+    the ones trained on). The other losses ignore ``reference_batch_size``."""
+    batch, reference = _field(training_config, "batch_size", None), _field(training_config, "reference_batch_size", 0)
+    if _field(training_config, "loss", "dsm") != "stf" or not reference:
+        return batch
+    if batch is not None and reference < batch:
+        raise ValueError(f"reference_batch_size={reference} must be 0 (the batch itself) or >= batch_size={batch}")
+    return reference
+
+
 def drop_labels(labels: torch.Tensor, p: float, generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """Condition dropout (Ho & Salimans 2022, Alg. 1): each label becomes ∅ (``NULL_LABEL``) with
     probability p, so that one network learns the conditional and the unconditional score."""
@@ -198,13 +259,15 @@ def drop_labels(labels: torch.Tensor, p: float, generator: Optional[torch.Genera
 
 def get_loss_fn(sde: LinearSDE, training_config: Any) -> LossFn:
     """``loss_fn(model, batch, generator=None, labels=None) -> scalar``: the objective
-    ``training_config.loss`` (``dsm`` | ``ddpm`` | ``ddpm_vlb`` | ``smld``) of ``model``'s score on
-    ``batch``, with fields ``weighting`` ('sigma2' | 'likelihood'), ``importance_sampling``, ``reduce``
-    ('mean' | 'sum') and ``eps`` (1e-5). A class-conditional model takes the batch's (B,) ``labels``,
-    dropped to ∅ with probability ``cond_drop_prob`` (0). ``generator`` (on the batch's device) drives
+    ``training_config.loss`` (``dsm`` | ``stf`` | ``ddpm`` | ``ddpm_vlb`` | ``smld``) of ``model``'s
+    score on ``batch``, with fields ``weighting`` ('sigma2' | 'likelihood'), ``importance_sampling``,
+    ``reduce`` ('mean' | 'sum'), ``eps`` (1e-5), and for 'stf' ``batch_size`` and
+    ``reference_batch_size`` (``batch`` then has ``rows_per_step`` rows). A class-conditional model
+    takes the batch's (B,) ``labels``, dropped to ∅ with probability ``cond_drop_prob`` (0). ``generator`` (on the batch's device) drives
     every random draw. ``rows`` averages over those rows of the batch only, with the random draws of the
     whole batch: one process's share of a data-parallel step (``distributed.RowShard``)."""
     per_sample = get_per_sample_loss_fn(sde, training_config)
+    stable = _field(training_config, "loss", "dsm") == "stf"
     reduce = _field(training_config, "reduce", "mean")
     if reduce not in REDUCTIONS:
         raise ValueError(f"unknown reduce {reduce!r}; known: {', '.join(REDUCTIONS)}")
@@ -219,6 +282,9 @@ def get_loss_fn(sde: LinearSDE, training_config: Any) -> LossFn:
         labels: Optional[torch.Tensor] = None,
         rows: slice = slice(None),
     ) -> torch.Tensor:
+        if stable and labels is not None:
+            raise ValueError("loss 'stf' pools its targets over the reference batch whatever their class;"
+                             " a class-conditional model needs loss 'dsm'")
         score_fn = get_score_fn(sde, model)
         y = None if labels is None else drop_labels(labels, cond_drop_prob, generator)
         losses = per_sample(lambda x, t: score_fn(x, t, y), batch, generator)[rows]

@@ -252,7 +252,7 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
         bar.write(f"resumed from {resumed} at step {state.step}")
     try:
         while state.step < tc.n_iters:
-            idx = torch.randint(train_data.shape[0], (tc.batch_size,), generator=state.data_generator, device=config.device)
+            idx = torch.randint(train_data.shape[0], (losses.rows_per_step(tc),), generator=state.data_generator, device=config.device)
             batch, labels = train_data[idx], None if train_labels is None else train_labels[idx]
             if dequantize is not None:
                 batch = dequantize(batch, state.noise_generator)

@@ -268,6 +268,7 @@ def test_sampling_config_selects_labels_and_guidance():
         ({"training.cond_drop_prob": 1.0}, "config.training.cond_drop_prob"),
         ({"model.num_classes": 0}, "needs a class-conditional model"),
         ({"model.num_classes": 7}, "with 7 classes"),
+        ({"training.loss": "stf"}, "a class-conditional model (config.model.num_classes=10) needs loss 'dsm'"),
     ],
 )
 def test_bad_conditional_configs_name_the_field(overrides, message):

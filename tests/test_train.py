@@ -177,13 +177,14 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
 # --- a real (short) run --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ring_run(tmp_path_factory):
-    """300 steps of a 2-block, 64-wide MLP on the ring (batch 256, constant lr 2e-3), logging every 50 steps
-    with a 100-step warm-up, one snapshot sample at the end."""
+    """300 steps of a 2-block, 64-wide MLP on the ring (the default loss 'stf', batch 256 out of a reference
+    batch of 1024, constant lr 2e-3), logging every 50 steps with a 100-step warm-up, one snapshot sample
+    at the end."""
     workdir = str(tmp_path_factory.mktemp("ring_run"))
     config = get_default_config()
     config.model = model_group("mlp", dim=2, hidden=64, num_blocks=2, embedding_dim=32)
     config = validate(apply_overrides(config, {
-        "training.n_iters": 300, "training.batch_size": 256, "training.progress": False, "training.log_freq": 50,
+        "training.n_iters": 300, "training.batch_size": 256, "training.reference_batch_size": 1024, "training.progress": False, "training.log_freq": 50,
         "training.sample_freq": 300, "training.n_snapshot_samples": 200, "training.snapshot_freq": 300,
         "sampling.method": "euler_maruyama", "sampling.steps": 50, "data.n_train": 20000, "optim.lr": 2e-3,
         "optim.schedule": "constant",
@@ -211,6 +212,18 @@ def test_short_run_learns_the_score(ring_run):
     with state.ema.averaged(state.model) as model:
         l_ema = loss(get_score_fn(sde, model.eval()))
     assert (l_ema - l_exact) / (l_zero - l_exact) < 0.35
+
+
+def test_stable_loss_steps_draw_the_reference_batch(ring_run):
+    """With loss 'stf' each of the 300 steps draws ``reference_batch_size`` (1024) data indices, of
+    which the batch's 256 are trained on, so the data generator stands where 300 draws of 1024 indices
+    from the 20000 training points leave it."""
+    config, _, state = ring_run
+    assert config.training.loss == "stf" and config.training.reference_batch_size == 1024
+    replay = torch.Generator().manual_seed(int(state.data_generator.initial_seed()))
+    for _ in range(300):
+        torch.randint(20000, (1024,), generator=replay)
+    assert torch.equal(replay.get_state(), state.data_generator.get_state())
 
 
 def test_tensorboard_logs_the_schedule_and_samples(ring_run):
