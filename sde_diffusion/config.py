@@ -194,7 +194,7 @@ def get_digits_config() -> ml_collections.ConfigDict:
     config.data.dataset = "digits"
     config.model = model_group("unet", image_size=8, num_channels=1, nf=32, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0)
     config.training.loss = "dsm"
-    config.training.batch_size, config.training.reference_batch_size = 64, 0
+    config.training.batch_size = 64
     config.training.n_iters = 1500
     config.optim.lr, config.optim.schedule = 4e-3, "constant"
     config.training.snapshot_freq = 500

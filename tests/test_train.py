@@ -184,7 +184,8 @@ def ring_run(tmp_path_factory):
     config = get_default_config()
     config.model = model_group("mlp", dim=2, hidden=64, num_blocks=2, embedding_dim=32)
     config = validate(apply_overrides(config, {
-        "training.n_iters": 300, "training.batch_size": 256, "training.reference_batch_size": 1024, "training.progress": False, "training.log_freq": 50,
+        "training.n_iters": 300, "training.batch_size": 256, "training.reference_batch_size": 1024,
+        "training.progress": False, "training.log_freq": 50,
         "training.sample_freq": 300, "training.n_snapshot_samples": 200, "training.snapshot_freq": 300,
         "sampling.method": "euler_maruyama", "sampling.steps": 50, "data.n_train": 20000, "optim.lr": 2e-3,
         "optim.schedule": "constant",
