@@ -12,11 +12,12 @@ install: $(STAMP)
 
 $(STAMP): setup.py constraints.txt
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q -c constraints.txt -e ".[dev]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[dev,diffusers]"
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m sde_diffusion.demo
+	$(PY) -m sde_diffusion.app.demo
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q tests

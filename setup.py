@@ -20,5 +20,8 @@ setup(
         "matplotlib>=3.6",
         "scikit-learn>=1.2",
     ],
-    extras_require={"dev": ["pytest>=7.0"]},
+    extras_require={
+        "dev": ["pytest>=7.0", "ruff>=0.5"],
+        "diffusers": ["diffusers>=0.25", "Pillow>=9.0"],
+    },
 )

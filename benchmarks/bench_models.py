@@ -15,9 +15,9 @@ import time
 import torch
 from ml_collections import ConfigDict
 
-from sde_diffusion.losses import get_loss_fn
+from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.models import create_model
-from sde_diffusion.sde_lib import get_sde
+from sde_diffusion.training.losses import get_loss_fn
 
 CONFIGS = {
     "unet nf32 (1,2) rb1": dict(name="unet", image_size=8, nf=32, ch_mult=(1, 2), num_res_blocks=1, dropout=0.1),

@@ -1,6 +1,6 @@
 """Fast-solver benchmark on the issue's problem: the 2-D ring (8 modes on radius 2, std 0.1, weights
 ∝ 1..8) with its exact score, PF-ODE from σ/α = 80 to 0.002 and a final step to 0, every evaluation
-counted (``sde_diffusion.benchmark``: matched latents, dopri5 reference at 1e-10, quality metrics).
+counted (``sde_diffusion.evaluation.benchmark``: matched latents, dopri5 reference at 1e-10, quality metrics).
 
     python benchmarks/fast_solvers.py                     # all sections, 4000 samples (noise floor: 20000, ~1 h)
     python benchmarks/fast_solvers.py --sections deterministic --n 4000
@@ -29,22 +29,23 @@ import math
 import os
 import sys
 import warnings
-from typing import Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Optional
 
 import torch
 
 import solvers
-from sde_diffusion import metrics
-from sde_diffusion.benchmark import (
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
+from sde_diffusion.evaluation import metrics
+from sde_diffusion.evaluation.benchmark import (
     Benchmark,
     Row,
     mixture_problem,
     noise_level_warning,
     parse_method,
 )
-from sde_diffusion.registry import Registry
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
 
 #: The established libraries' best figures on this problem (anchor-fast-solvers §6.3(a)):
 #: NFE -> (median distance, mode-switch fraction).

@@ -13,15 +13,16 @@ from __future__ import annotations
 
 import argparse
 import time
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
 import solvers
-from sde_diffusion.metrics import energy_distance, energy_noise_floor
-from sde_diffusion.mixtures import GaussianMixture
-from sde_diffusion.sde_lib import SDES, LinearSDE, get_sde
-from sde_diffusion.targets import ring
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import SDES, LinearSDE, get_sde
+from sde_diffusion.core.targets import ring
+from sde_diffusion.evaluation.metrics import energy_distance, energy_noise_floor
 
 
 class TimedScore:

@@ -1,4 +1,4 @@
-"""Step-count benchmark on an analytic target with its exact score (``sde_diffusion.benchmark``).
+"""Step-count benchmark on an analytic target with its exact score (``sde_diffusion.evaluation.benchmark``).
 
     python benchmarks/steps.py                               # 2-D ring, VP, full grid, 4000 samples
     python benchmarks/steps.py --plot docs/steps_ring_vp.png # ... and the README's plot
@@ -14,14 +14,15 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 
-from sde_diffusion.benchmark import NFE_GRID, TOLERANCES, Benchmark, mixture_problem, write_report
-from sde_diffusion.registry import Registry
-from sde_diffusion.sde_lib import SDES, get_sde
-from sde_diffusion.targets import anisotropic, ring
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.sde_lib import SDES, get_sde
+from sde_diffusion.core.targets import anisotropic, ring
+from sde_diffusion.evaluation.benchmark import NFE_GRID, TOLERANCES, Benchmark, mixture_problem, write_report
 
 TARGETS = Registry("analytic target")
 TARGETS.register("ring")(ring)

@@ -30,16 +30,17 @@ import json
 import os
 import shutil
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from sde_diffusion import datasets, losses
-from sde_diffusion.config import apply_overrides, load_config
-from sde_diffusion.metrics import energy_distance, energy_noise_floor, mode_weight_tv, sample_tv_bound
-from sde_diffusion.run import build_sde, draw_samples, load_score_fn
-from sde_diffusion.targets import ring
-from sde_diffusion.train import init_state, train, train_step
+from sde_diffusion.app.commands import build_sde, draw_samples, load_score_fn
+from sde_diffusion.app.config import apply_overrides, load_config
+from sde_diffusion.app.train import init_state, train, train_step
+from sde_diffusion.core.targets import ring
+from sde_diffusion.data import datasets
+from sde_diffusion.evaluation.metrics import energy_distance, energy_noise_floor, mode_weight_tv, sample_tv_bound
+from sde_diffusion.training import losses
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RING, DIGITS = (os.path.join(ROOT, "configs", "vp", f"{name}.py") for name in ("ring", "digits"))

@@ -7,7 +7,7 @@ each (``class_label=-1``), with classifier-free guidance weight w = 2 and DPM-So
     python -m sde_diffusion sample --config configs/digits_vp_conditional.py --workdir runs/digits_cond \\
         --config.sampling.class_label=3 --config.sampling.guidance_scale=2
 """
-from sde_diffusion.config import get_digits_config, model_group, sampling_group, sde_group
+from sde_diffusion.app.config import get_digits_config, model_group, sampling_group, sde_group
 
 
 def get_config():

@@ -1,7 +1,18 @@
 """sde-diffusion: score-based generative modelling with SDEs."""
-from .mixtures import GaussianMixture
-from .parameterization import convert
-from .sde_lib import SDE, SDES, CosineVPSDE, LinearSDE, ReverseSDE, SubVPSDE, VESDE, VPSDE, get_sde, sde_from_config
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.parameterization import convert
+from sde_diffusion.core.sde_lib import (
+    SDE,
+    SDES,
+    VESDE,
+    VPSDE,
+    CosineVPSDE,
+    LinearSDE,
+    ReverseSDE,
+    SubVPSDE,
+    get_sde,
+    sde_from_config,
+)
 
 __all__ = [
     "SDE",

@@ -1,5 +1,5 @@
 """``python -m sde_diffusion <train|sample|likelihood|bench> --config FILE --workdir DIR``."""
-from .cli import run
+from sde_diffusion.app.cli import run
 
 if __name__ == "__main__":
     run()

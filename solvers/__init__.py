@@ -1,6 +1,5 @@
 """Samplers for score-based models, chosen by name: ``sample(sde, score_fn, shape, method)``."""
-from . import classic, ddpm, langevin, ode, pc  # noqa: F401  (register the classic methods)
-from . import adaptive, dpm_solver, edm, unipc  # noqa: F401  (register the fast solvers)
+from . import adaptive, classic, ddpm, dpm_solver, edm, langevin, ode, pc, unipc  # noqa: F401  (register the classic methods)  # noqa: F401  (register the fast solvers)
 from .api import available, get_sampler, sample
 from .ode import encode
 from .registry import METHODS, register_method

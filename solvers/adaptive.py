@@ -12,14 +12,13 @@ from typing import Any, Optional
 
 import torch
 
-from sde_diffusion.sde_lib import LinearSDE
-from sde_diffusion.utils import append_dims
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import append_dims
 
 from .common import ScoreFn, noise_like
 from .dpm_solver import SINGLESTEP_FRACTIONS, singlestep_update
 from .registry import register_method
 from .schedules import check_positive_eps, data_prediction, nodes, nodes_at_lambda, resolve_t_start
-
 
 #: The adaptive DPM-Solver stops when λ(eps) - λ_s is below this.
 LAMBDA_TOLERANCE = 1e-5

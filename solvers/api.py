@@ -5,8 +5,8 @@ from typing import Any, Optional
 
 import torch
 
-from sde_diffusion.sde_lib import LinearSDE
-from sde_diffusion.utils import check_finite, check_positive_int
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import check_finite, check_positive_int
 
 from .common import CountedScore, ScoreFn
 from .registry import METHODS

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from sde_diffusion.sde_lib import LinearSDE
+from sde_diffusion.core.sde_lib import LinearSDE
 
 from .common import ScoreFn
 from .pc import PC_OPTIONS, pc

@@ -1,13 +1,14 @@
 """Pieces every sampler shares: counted score calls, noise, progress bars, the final denoise."""
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Optional
 
 import torch
 from tqdm.auto import tqdm
 
-from sde_diffusion.parameterization import data_from_score
-from sde_diffusion.sde_lib import LinearSDE
+from sde_diffusion.core.parameterization import data_from_score
+from sde_diffusion.core.sde_lib import LinearSDE
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -8,9 +8,9 @@ from typing import Optional
 
 import torch
 
-from sde_diffusion.discrete import DDPMChain
-from sde_diffusion.sde_lib import LinearSDE
-from sde_diffusion.utils import check_positive_int
+from sde_diffusion.core.discrete import DDPMChain
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import check_positive_int
 
 from .common import ScoreFn, full_time, noise_like, progress_range
 from .registry import register_method

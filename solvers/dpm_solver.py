@@ -16,11 +16,19 @@ from typing import Optional
 
 import torch
 
-from sde_diffusion.sde_lib import LinearSDE
+from sde_diffusion.core.sde_lib import LinearSDE
 
 from .common import ScoreFn, noise_like, progress_range
 from .registry import register_method
-from .schedules import GRID_OPTIONS, Node, check_positive_eps, data_prediction, nodes_at_lambda, noise_prediction, schedule_nodes
+from .schedules import (
+    GRID_OPTIONS,
+    Node,
+    check_positive_eps,
+    data_prediction,
+    nodes_at_lambda,
+    noise_prediction,
+    schedule_nodes,
+)
 
 
 def phi(k: int, z: float) -> float:

@@ -31,7 +31,7 @@ from typing import Optional
 
 import torch
 
-from sde_diffusion.sde_lib import LinearSDE
+from sde_diffusion.core.sde_lib import LinearSDE
 
 from .common import ScoreFn, noise_like, progress_range
 from .registry import register_method

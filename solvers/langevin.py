@@ -7,11 +7,12 @@ from typing import Optional
 
 import torch
 
-from sde_diffusion.sde_lib import LinearSDE
-from sde_diffusion.utils import check_positive_int
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import check_positive_int
 
 from .common import ScoreFn, full_time, noise_like, progress_range, tweedie_denoise
 from .registry import register_method
+
 
 def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size: float, noise: torch.Tensor) -> torch.Tensor:
     """One unadjusted Langevin step x ← x + ε ∇log p(x) + √(2ε) z (Song et al. 2021, Algs. 4–5)."""

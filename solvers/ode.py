@@ -2,14 +2,15 @@
 eps) and encoding (``encode``, from eps to T, its inverse)."""
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torchdiffeq import odeint
 from tqdm.auto import tqdm
 
-from sde_diffusion.sde_lib import LinearSDE
-from sde_diffusion.utils import check_finite, check_positive_int
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import check_finite, check_positive_int
 
 from .common import CountedScore, ScoreFn, tweedie_denoise
 from .registry import register_method

@@ -8,14 +8,15 @@ its step ``(x, score at t_i, i, generator) -> x at t_{i+1}``; a corrector factor
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-from sde_diffusion.registry import Registry
-from sde_diffusion.sde_lib import LinearSDE
-from sde_diffusion.utils import check_positive_int
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import check_positive_int
 
 from .common import ScoreFn, full_time, noise_like, progress_range, tweedie_denoise, uniform_time_grid
 from .ddpm import Levels, chain_levels

@@ -6,10 +6,11 @@ None when the caller gave none (the method uses its own default).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
-from sde_diffusion.registry import Registry
+from sde_diffusion.core.registry import Registry
 
 MethodFn = Callable[..., Any]
 

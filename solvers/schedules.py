@@ -16,14 +16,15 @@ loop does no time-validation syncs.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-from sde_diffusion.parameterization import data_from_score, noise_from_score
-from sde_diffusion.registry import Registry
-from sde_diffusion.sde_lib import LinearSDE
+from sde_diffusion.core.parameterization import data_from_score, noise_from_score
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.sde_lib import LinearSDE
 
 from .common import ScoreFn, full_time
 

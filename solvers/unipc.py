@@ -14,12 +14,13 @@ next step needs anyway, so it raises the order by one at no extra cost.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
-from sde_diffusion.sde_lib import LinearSDE
+from sde_diffusion.core.sde_lib import LinearSDE
 
 from .common import ScoreFn, progress_range
 from .dpm_solver import check_order, phi, step_orders

@@ -1,4 +1,4 @@
-"""The step-count benchmark library (``sde_diffusion.benchmark``) and its script."""
+"""The step-count benchmark library (``sde_diffusion.evaluation.benchmark``) and its script."""
 import csv
 import importlib.util
 import math
@@ -7,8 +7,11 @@ import os
 import pytest
 import torch
 
-from sde_diffusion import metrics
-from sde_diffusion.benchmark import (
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
+from sde_diffusion.evaluation import metrics
+from sde_diffusion.evaluation.benchmark import (
     COLUMNS,
     Benchmark,
     mixture_problem,
@@ -20,9 +23,6 @@ from sde_diffusion.benchmark import (
     reference_solution,
     time_of_noise_level,
 )
-from sde_diffusion.mixtures import GaussianMixture
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
 
 MEAN = torch.tensor([[0.3, -0.2]], dtype=torch.float64)
 COV = torch.tensor([[0.04, 0.01], [0.01, 0.01]], dtype=torch.float64)

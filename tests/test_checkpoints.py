@@ -4,8 +4,8 @@ import os
 import pytest
 import torch
 
-from sde_diffusion import checkpoints
-from sde_diffusion.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from sde_diffusion.training import checkpoints
+from sde_diffusion.training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 
 
 def _state(step: int) -> dict:

@@ -17,23 +17,28 @@ import torch
 from ml_collections import ConfigDict
 
 import solvers
-from sde_diffusion.classifier import (
+from sde_diffusion.app.commands import draw_samples, sample_command, sample_labels
+from sde_diffusion.app.config import apply_overrides, load_config
+from sde_diffusion.app.train import train
+from sde_diffusion.conditioning.classifier import (
     NoisyClassifier,
     classifier_loss,
     get_classifier_fn,
     mixture_classifier,
     train_classifier,
 )
-from sde_diffusion.config import apply_overrides, load_config
-from sde_diffusion.guidance import NULL_LABEL, classifier_guidance, conditional_score_fn, mixture_conditional_score_fn
-from sde_diffusion.losses import drop_labels, get_loss_fn
-from sde_diffusion.metrics import energy_distance, energy_noise_floor
-from sde_diffusion.mixtures import GaussianMixture
+from sde_diffusion.conditioning.guidance import (
+    NULL_LABEL,
+    classifier_guidance,
+    conditional_score_fn,
+    mixture_conditional_score_fn,
+)
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import anisotropic, ring
+from sde_diffusion.evaluation.metrics import energy_distance, energy_noise_floor
 from sde_diffusion.models import ScoreMLP, UNet, get_score_fn
-from sde_diffusion.run import draw_samples, sample_command, sample_labels
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import anisotropic, ring
-from sde_diffusion.train import train
+from sde_diffusion.training.losses import drop_labels, get_loss_fn
 
 #: Samplers and step counts whose conditional samples are checked (ED/floor measured 0.6-1.5).
 SAMPLERS = [

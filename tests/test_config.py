@@ -9,7 +9,7 @@ import torch
 from ml_collections import ConfigDict
 
 import solvers
-from sde_diffusion.config import (
+from sde_diffusion.app.config import (
     SAMPLING_FIELDS,
     apply_overrides,
     check_path,
@@ -21,9 +21,9 @@ from sde_diffusion.config import (
     sde_group,
     validate,
 )
+from sde_diffusion.core.sde_lib import SDES, sde_from_config
+from sde_diffusion.core.targets import ring
 from sde_diffusion.models import MODELS
-from sde_diffusion.sde_lib import SDES, sde_from_config
-from sde_diffusion.targets import ring
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), recursive=True))

@@ -1,4 +1,4 @@
-"""Imputation, inpainting and colourisation (``sde_diffusion.controllable``) against analytic targets.
+"""Imputation, inpainting and colourisation (``sde_diffusion.conditioning.controllable``) against analytic targets.
 
 The replacement method is approximate: the unobserved part u is driven by ∇log p_t(u, P x_t) at a noisy
 copy of the observation, not by the conditional score ∇log p_t(u | P x_0). What these tests establish:
@@ -21,16 +21,16 @@ import pytest
 import torch
 
 import solvers
-from sde_diffusion.controllable import (
+from sde_diffusion.conditioning.controllable import (
     constrained_score_fn,
     grayscale_constraint,
     impute,
     linear_constraint,
     mask_constraint,
 )
-from sde_diffusion.mixtures import GaussianMixture
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
 
 PC = {"predictor": "euler_maruyama", "corrector": "langevin", "steps": 500}
 

@@ -6,7 +6,7 @@ import torch
 from ml_collections import ConfigDict
 from sklearn.datasets import load_digits
 
-from sde_diffusion.datasets import (
+from sde_diffusion.data.datasets import (
     bin_width,
     get_dataset,
     get_dequantizer,
@@ -14,7 +14,7 @@ from sde_diffusion.datasets import (
     get_scaler,
     iterate_batches,
 )
-from sde_diffusion.likelihood import bits_per_dim
+from sde_diffusion.evaluation.likelihood import bits_per_dim
 
 
 def _digits(**overrides) -> ConfigDict:

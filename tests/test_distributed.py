@@ -1,4 +1,4 @@
-"""Multi-process training and evaluation (``sde_diffusion.distributed``) with 2 gloo processes on the
+"""Multi-process training and evaluation (``sde_diffusion.core.distributed``) with 2 gloo processes on the
 loopback interface, against the same work done by this (single) process.
 
 Two jobs are launched, the expensive part of the file: one with ``torch.multiprocessing`` (its
@@ -21,14 +21,14 @@ import torch.multiprocessing as mp
 from ml_collections import ConfigDict
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from sde_diffusion import distributed
-from sde_diffusion.benchmark import Benchmark, Problem
-from sde_diffusion.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
-from sde_diffusion.config import apply_overrides, get_digits_config, load_config, model_group, validate
-from sde_diffusion.evaluate import evaluate_likelihood
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
-from sde_diffusion.train import init_state, train
+from sde_diffusion.app.config import apply_overrides, get_digits_config, load_config, model_group, validate
+from sde_diffusion.app.evaluate import evaluate_likelihood
+from sde_diffusion.app.train import init_state, train
+from sde_diffusion.core import distributed
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
+from sde_diffusion.evaluation.benchmark import Benchmark, Problem
+from sde_diffusion.training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 WORLD = 2

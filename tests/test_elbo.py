@@ -1,13 +1,13 @@
-"""The DDPM variational bound (``sde_diffusion.elbo``) against exact log-likelihoods."""
+"""The DDPM variational bound (``sde_diffusion.evaluation.elbo``) against exact log-likelihoods."""
 import math
 
 import pytest
 import torch
 
-from sde_diffusion.elbo import discretized_gaussian_log_prob, gaussian_kl, vlb
-from sde_diffusion.mixtures import GaussianMixture
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
+from sde_diffusion.evaluation.elbo import discretized_gaussian_log_prob, gaussian_kl, vlb
 
 LEVELS, LOW, HIGH = 17, -1.0, 1.0
 

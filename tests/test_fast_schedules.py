@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.sde_lib import get_sde
+from sde_diffusion.core.sde_lib import get_sde
 from solvers.schedules import SCHEDULES, nodes, time_steps
 
 SDES = ["vp", "subvp", "ve", "cosine_vp"]

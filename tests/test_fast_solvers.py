@@ -7,10 +7,10 @@ import pytest
 import torch
 
 import solvers
-from sde_diffusion import metrics
-from sde_diffusion.benchmark import mixture_problem, prior_latents, reference_solution
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
+from sde_diffusion.evaluation import metrics
+from sde_diffusion.evaluation.benchmark import mixture_problem, prior_latents, reference_solution
 from solvers.schedules import nodes, time_steps
 
 SDES = ["vp", "subvp", "ve", "cosine_vp"]

@@ -9,8 +9,8 @@ separates the two sides of each identity (tolerance 1e-9 relative):
 import pytest
 import torch
 
-from sde_diffusion.classifier import log_prob_grad, mixture_classifier
-from sde_diffusion.guidance import (
+from sde_diffusion.conditioning.classifier import log_prob_grad, mixture_classifier
+from sde_diffusion.conditioning.guidance import (
     NULL_LABEL,
     classifier_free_guidance,
     classifier_guidance,
@@ -18,9 +18,9 @@ from sde_diffusion.guidance import (
     guide,
     mixture_conditional_score_fn,
 )
-from sde_diffusion.parameterization import noise_from_score, score_from_noise
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import anisotropic, ring
+from sde_diffusion.core.parameterization import noise_from_score, score_from_noise
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import anisotropic, ring
 
 B = 64
 

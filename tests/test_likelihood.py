@@ -1,16 +1,16 @@
-"""PF-ODE likelihoods (``sde_diffusion.likelihood``) against analytic mixtures, bits/dim against
+"""PF-ODE likelihoods (``sde_diffusion.evaluation.likelihood``) against analytic mixtures, bits/dim against
 closed forms, and the likelihood command's core (``evaluate.evaluate_likelihood``)."""
 import math
 
 import pytest
 import torch
 
-from sde_diffusion.datasets import dequantize
-from sde_diffusion.evaluate import evaluate_likelihood
-from sde_diffusion.likelihood import bits_per_dim, log_likelihood
-from sde_diffusion.mixtures import GaussianMixture
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import anisotropic, ring
+from sde_diffusion.app.evaluate import evaluate_likelihood
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import anisotropic, ring
+from sde_diffusion.data.datasets import dequantize
+from sde_diffusion.evaluation.likelihood import bits_per_dim, log_likelihood
 
 EPS = 1e-5
 

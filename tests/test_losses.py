@@ -8,9 +8,12 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
-from sde_diffusion.losses import (
-    dsm_loss,
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
+from sde_diffusion.models import create_model
+from sde_diffusion.training.losses import (
     ddpm_vlb_weights,
+    dsm_loss,
     get_loss_fn,
     get_per_sample_loss_fn,
     likelihood_importance_time,
@@ -18,9 +21,6 @@ from sde_diffusion.losses import (
     rows_per_step,
     stable_target,
 )
-from sde_diffusion.models import create_model
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
 
 # (sde, loss, weighting, importance_sampling)
 CASES = [(s, "dsm", w, i) for s in ("vp", "subvp", "ve", "cosine_vp")
@@ -41,8 +41,8 @@ def _stationarity(loss_of, exact, shift: torch.Tensor) -> list[tuple[float, floa
     base = loss_of(exact)
     rows = []
     for delta in (lambda x, t: 0.3 * exact(x, t), lambda x, t: shift.to(x.dtype).expand_as(x)):
-        plus = loss_of(lambda x, t: exact(x, t) + delta(x, t))
-        minus = loss_of(lambda x, t: exact(x, t) - delta(x, t))
+        plus = loss_of(lambda x, t, delta=delta: exact(x, t) + delta(x, t))
+        minus = loss_of(lambda x, t, delta=delta: exact(x, t) - delta(x, t))
         odd = plus - minus
         rows.append((float(((plus + minus) / 2 - base).min()),
                      float(odd.mean()) / (float(odd.std()) / math.sqrt(len(odd))),
@@ -262,7 +262,8 @@ def test_exact_score_nearly_minimises_the_stable_objective(sde_name, gen):
     loss = lambda score_fn: float(per_sample(score_fn, x0, torch.Generator().manual_seed(99)).mean())  # noqa: E731
     base = loss(exact)
     for delta in (lambda x, t: 0.3 * exact(x, t), lambda x, t: torch.tensor([0.6, -0.4], dtype=x.dtype).expand_as(x)):
-        plus, minus = loss(lambda x, t: exact(x, t) + delta(x, t)), loss(lambda x, t: exact(x, t) - delta(x, t))
+        plus = loss(lambda x, t, delta=delta: exact(x, t) + delta(x, t))
+        minus = loss(lambda x, t, delta=delta: exact(x, t) - delta(x, t))
         assert plus > base and minus > base
         assert abs((plus - minus) / (2 * (plus + minus - 2 * base))) < 0.03
 

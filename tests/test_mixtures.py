@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.mixtures import GaussianMixture
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import TOY_DATA, anisotropic, ring
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import TOY_DATA, anisotropic, ring
 
 SDES = ["vp", "subvp", "ve", "cosine_vp"]
 

@@ -6,8 +6,10 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
-from sde_diffusion.losses import dsm_loss, get_loss_fn
-from sde_diffusion.mixtures import GaussianMixture
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.parameterization import PARAMETERIZATIONS
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
 from sde_diffusion.models import (
     MODELS,
     GaussianFourierEmbedding,
@@ -16,9 +18,7 @@ from sde_diffusion.models import (
     create_model,
     get_score_fn,
 )
-from sde_diffusion.parameterization import PARAMETERIZATIONS
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
+from sde_diffusion.training.losses import dsm_loss, get_loss_fn
 
 ALL_SDES = ["vp", "subvp", "ve", "cosine_vp"]
 

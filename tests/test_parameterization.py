@@ -4,9 +4,9 @@ import itertools
 import pytest
 import torch
 
-from sde_diffusion.mixtures import GaussianMixture
-from sde_diffusion.parameterization import PARAMETERIZATIONS, convert, data_from_score, noise_from_score
-from sde_diffusion.sde_lib import get_sde
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.parameterization import PARAMETERIZATIONS, convert, data_from_score, noise_from_score
+from sde_diffusion.core.sde_lib import get_sde
 
 KINDS = ["score", "noise", "data"]
 

@@ -7,8 +7,8 @@ import torch
 from ml_collections import ConfigDict
 
 import solvers
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
 
 N = 50
 MIX = ring()

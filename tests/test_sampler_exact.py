@@ -8,8 +8,8 @@ import pytest
 import torch
 
 import solvers
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
 from solvers.common import tweedie_denoise
 from solvers.ddpm import chain_levels, strided_levels
 from solvers.langevin import ald_step_size, snr_step_size

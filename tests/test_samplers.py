@@ -28,10 +28,10 @@ import pytest
 import torch
 
 import solvers
-from sde_diffusion import metrics
-from sde_diffusion.mixtures import GaussianMixture
-from sde_diffusion.sde_lib import get_sde
-from sde_diffusion.targets import ring
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import get_sde
+from sde_diffusion.core.targets import ring
+from sde_diffusion.evaluation import metrics
 
 N_SAMPLES, N_TRUE = 2000, 4000
 MIX = ring()

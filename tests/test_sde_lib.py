@@ -6,7 +6,7 @@ import pytest
 import torch
 from ml_collections import ConfigDict
 
-from sde_diffusion.sde_lib import SDES, CosineVPSDE, SubVPSDE, VESDE, VPSDE, get_sde, sde_from_config
+from sde_diffusion.core.sde_lib import SDES, VESDE, VPSDE, CosineVPSDE, SubVPSDE, get_sde, sde_from_config
 
 ALL = ["vp", "subvp", "ve", "cosine_vp"]
 T_GRID = torch.tensor([1e-4, 1e-3, 0.01, 0.1, 0.3, 0.5, 0.7, 0.9, 0.999, 1.0], dtype=torch.float64)

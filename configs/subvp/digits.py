@@ -1,6 +1,6 @@
 """Sub-VP SDE on scikit-learn's 8×8 digits with a small U-Net; PC sampling with Euler–Maruyama and
 no corrector on 500 steps."""
-from sde_diffusion.config import get_digits_config, sampling_group, sde_group
+from sde_diffusion.app.config import get_digits_config, sampling_group, sde_group
 
 
 def get_config():

@@ -1,6 +1,6 @@
 """Sub-VP SDE on the 2-D ring with the residual MLP; PC sampling with Euler–Maruyama and no
 corrector (score_sde's sub-VP recipe)."""
-from sde_diffusion.config import get_default_config, sampling_group, sde_group
+from sde_diffusion.app.config import get_default_config, sampling_group, sde_group
 
 
 def get_config():

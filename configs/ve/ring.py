@@ -1,6 +1,6 @@
 """VE SDE (σ ∈ [0.01, 50]) on the 2-D ring with the residual MLP; PC sampling with reverse diffusion +
 Langevin (snr 0.16). σ_max = 50 exceeds the largest distance between ring points (4), as VE needs."""
-from sde_diffusion.config import get_default_config, sampling_group, sde_group
+from sde_diffusion.app.config import get_default_config, sampling_group, sde_group
 
 
 def get_config():

@@ -2,7 +2,7 @@
 with Euler–Maruyama + Langevin on 250 steps (500 network calls); the probability-flow ODE at rtol =
 atol = 1e-3 (about 75 calls: at the default 1e-5 the learned score costs about 800 for the same
 images)."""
-from sde_diffusion.config import get_digits_config, sampling_group, sde_group
+from sde_diffusion.app.config import get_digits_config, sampling_group, sde_group
 
 
 def get_config():

@@ -2,7 +2,7 @@
 Langevin (snr 0.16) on the SDE's 1000 levels. (score_sde's VP configs use Euler–Maruyama without a
 corrector; on the ring at 10k samples its O(1/N) bias is visible in the energy distance even with
 the exact score, reverse diffusion + Langevin is not: benchmarks/train_quality.py.)"""
-from sde_diffusion.config import get_default_config, sampling_group, sde_group
+from sde_diffusion.app.config import get_default_config, sampling_group, sde_group
 
 
 def get_config():

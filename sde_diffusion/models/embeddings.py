@@ -18,9 +18,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..registry import Registry
+from sde_diffusion.core.registry import Registry
 
-EMBEDDINGS: Registry[type["PeriodicFeatures"]] = Registry("time embedding")
+EMBEDDINGS: Registry[type[PeriodicFeatures]] = Registry("time embedding")
 
 #: The label that stands for ∅, "no class": the unconditional model of a class-conditional network.
 NULL_LABEL = -1

@@ -6,9 +6,9 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..utils import check_positive_int
-from .embeddings import TimeEmbedding
-from .utils import MODELS, ScoreNetwork, check_dropout
+from sde_diffusion.core.utils import check_positive_int
+from sde_diffusion.models.embeddings import TimeEmbedding
+from sde_diffusion.models.utils import MODELS, ScoreNetwork, check_dropout
 
 
 class ResidualMLPBlock(nn.Module):

@@ -10,15 +10,16 @@ in the middle block at the lowest resolution and after the residual blocks at ``
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence
+from collections.abc import Sequence
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..utils import check_positive_int
-from .embeddings import TimeEmbedding
-from .utils import MODELS, ScoreNetwork, check_dropout
+from sde_diffusion.core.utils import check_positive_int
+from sde_diffusion.models.embeddings import TimeEmbedding
+from sde_diffusion.models.utils import MODELS, ScoreNetwork, check_dropout
 
 
 def group_norm(channels: int) -> nn.GroupNorm:

@@ -22,19 +22,20 @@ class-conditional) that declares what it predicts
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from ..parameterization import PARAMETERIZATIONS
-from ..registry import Registry
-from ..sde_lib import LinearSDE
-from ..utils import append_dims, batch_time
+from sde_diffusion.core.parameterization import PARAMETERIZATIONS
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import append_dims, batch_time
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-MODELS: Registry[type["ScoreNetwork"]] = Registry("model")
+MODELS: Registry[type[ScoreNetwork]] = Registry("model")
 
 
 class ScoreNetwork(nn.Module):
@@ -86,7 +87,7 @@ def get_score_fn(sde: LinearSDE, model: nn.Module) -> ScoreFn:
     """``score_fn(x, t)`` of ``model`` under ``sde`` with the preconditioning of the module docstring.
     It also takes an optional third argument, the (B,) labels of a class-conditional network
     (``num_classes`` > 0; ``NULL_LABEL`` = -1 or None for the unconditional score): ``score_fn(x, t, labels)``
-    is then the class-conditional score function of ``sde_diffusion.guidance``.
+    is then the class-conditional score function of ``sde_diffusion.conditioning.guidance``.
 
     Gradients are not touched: training calls it with grad, samplers under ``torch.no_grad``.
     """

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import abc
 import math
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 
-from .discrete import DDPMChain, SMLDChain
-from .registry import Registry
-from .utils import (
+from sde_diffusion.core.discrete import DDPMChain, SMLDChain
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.utils import (
     TimeLike,
     append_dims,
     as_tensor_time,
@@ -34,7 +35,7 @@ from .utils import (
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
-SDES: Registry[type["LinearSDE"]] = Registry("SDE")
+SDES: Registry[type[LinearSDE]] = Registry("SDE")
 
 
 class SDE(abc.ABC):
@@ -77,7 +78,7 @@ class SDE(abc.ABC):
         drift, diffusion = self.sde(x, t)
         return drift * dt, diffusion * math.sqrt(dt)
 
-    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> ReverseSDE:
         """The reverse-time SDE (Anderson 1982; Song et al. 2021, eq. 6) or, with
         ``probability_flow``, the probability-flow ODE (eq. 13)."""
         return ReverseSDE(self, score_fn, probability_flow)

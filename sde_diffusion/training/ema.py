@@ -10,8 +10,9 @@ by parameter name, in float32/64 as the parameters are, and travel in checkpoint
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from torch import nn

@@ -15,16 +15,16 @@ converging), averaged over ``n_probes``.
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torchdiffeq import odeint
 
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import append_dims, check_finite, check_positive_int, sum_except_batch
 from solvers.common import CountedScore, ScoreFn
-
-from .registry import Registry
-from .sde_lib import LinearSDE
-from .utils import append_dims, check_finite, check_positive_int, sum_except_batch
 
 #: ``divergence(out, x) -> (B,)``: the divergence of ``out`` (a function of ``x``) w.r.t. ``x``.
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]

@@ -9,12 +9,13 @@ every t at no further factorisation cost. Everything is computed in float64 with
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import Optional, Union
 
 import torch
 
-from .sde_lib import LinearSDE
-from .utils import TimeLike, batch_time, check_finite
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import TimeLike, batch_time, check_finite
 
 ArrayLike = Union[torch.Tensor, Sequence]
 

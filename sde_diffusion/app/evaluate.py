@@ -3,9 +3,9 @@
 ``python -m sde_diffusion likelihood --config ... --workdir ...`` prints the test NLL of the trained
 run in nats and bits/dim with standard errors and NFE (``likelihood_command``);
 ``python -m sde_diffusion bench ...`` runs the step-count benchmark on it (``bench_command``). The
-work is done by ``evaluate_likelihood`` and ``sde_diffusion.benchmark``, which take any score
+work is done by ``evaluate_likelihood`` and ``sde_diffusion.evaluation.benchmark``, which take any score
 function, so the exact scores of analytic mixtures exercise the same code. Under torchrun both split
-their samples across the processes (``sde_diffusion.distributed``) and rank 0 prints and writes.
+their samples across the processes (``sde_diffusion.core.distributed``) and rank 0 prints and writes.
 """
 from __future__ import annotations
 
@@ -18,14 +18,21 @@ import ml_collections
 import torch
 from ml_collections.config_dict import placeholder
 
+from sde_diffusion.core import distributed
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.targets import ring
+from sde_diffusion.evaluation.benchmark import (
+    NFE_GRID,
+    TOLERANCES,
+    Benchmark,
+    BenchmarkResult,
+    Problem,
+    time_of_noise_level,
+    write_report,
+)
+from sde_diffusion.evaluation.elbo import vlb
+from sde_diffusion.evaluation.likelihood import bits_per_dim, log_likelihood
 from solvers.common import ScoreFn
-
-from . import distributed
-from .benchmark import NFE_GRID, TOLERANCES, Benchmark, BenchmarkResult, Problem, time_of_noise_level, write_report
-from .elbo import vlb
-from .likelihood import bits_per_dim, log_likelihood
-from .sde_lib import LinearSDE
-from .targets import ring
 
 #: Toy data sets that are analytic mixtures: the benchmark adds mode, spread and true-density columns.
 ANALYTIC_TARGETS = {"ring": ring}
@@ -117,7 +124,7 @@ def evaluate_likelihood(
     with its own seed (``distributed.rank_seed``); the per-point values are gathered after every
     process's last solve, and every process returns the report of all points.
     """
-    from .datasets import dequantize
+    from sde_diffusion.data.datasets import dequantize
 
     g = torch.Generator(device=data.device).manual_seed(distributed.rank_seed(seed))
     dim = data[0].numel()
@@ -164,7 +171,7 @@ def format_likelihood(report: dict[str, float]) -> str:
 
 def _data_range(data_config: Any) -> tuple[Optional[int], float, float]:
     """(K, low, high) of quantised data in model space, (None, 0, 1) for continuous data."""
-    from . import datasets
+    from sde_diffusion.data import datasets
 
     width = datasets.bin_width(data_config)
     if width == 0.0:
@@ -177,8 +184,8 @@ def _data_range(data_config: Any) -> tuple[Optional[int], float, float]:
 def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Test NLL of the trained run in ``workdir`` (``config.eval``); printed and written to
     ``workdir/eval/likelihood.json``."""
-    from . import datasets
-    from .run import load_score_fn
+    from sde_diffusion.app.commands import load_score_fn
+    from sde_diffusion.data import datasets
 
     sde, score_fn = load_score_fn(config, workdir)
     e = config.eval
@@ -202,8 +209,8 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkR
     """The step-count benchmark on the trained run in ``workdir`` (``config.bench``); the report goes
     to ``workdir/bench/``. True samples are the test set; the data set's analytic mixture, if it has
     one, adds the mode, spread and true-density columns."""
-    from . import datasets
-    from .run import load_score_fn
+    from sde_diffusion.app.commands import load_score_fn
+    from sde_diffusion.data import datasets
 
     sde, score_fn = load_score_fn(config, workdir)
     b = config.bench

@@ -6,12 +6,13 @@ per-mode std 0.1, weights ∝ 1, 2, ..., 8 (so the mean is not at the origin).
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 
-from .mixtures import GaussianMixture
-from .registry import Registry
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.registry import Registry
 
 
 def ring(n_modes: int = 8, radius: float = 2.0, std: float = 0.1, weights: Optional[list[float]] = None) -> GaussianMixture:

@@ -6,19 +6,20 @@ log p_t(y | x) for the perturbed data x = x_t at time t.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .losses import uniform_time
-from .mixtures import GaussianMixture
-from .models.embeddings import TimeEmbedding
-from .models.mlp import ResidualMLPBlock
-from .models.utils import check_dropout, network_inputs
-from .sde_lib import LinearSDE
-from .utils import append_dims, batch_time, check_positive_int
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import append_dims, batch_time, check_positive_int
+from sde_diffusion.models.embeddings import TimeEmbedding
+from sde_diffusion.models.mlp import ResidualMLPBlock
+from sde_diffusion.models.utils import check_dropout, network_inputs
+from sde_diffusion.training.losses import uniform_time
 
 ClassifierFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -3,18 +3,18 @@ with score_sde-style overrides such as ``--config.training.n_iters=2000`` (absl 
 ``config_flags``; the config is locked, so a misspelt field is an error).
 
 ``torchrun --nproc_per_node=N -m sde_diffusion <train|likelihood|bench> ...`` runs the command on N
-processes (``sde_diffusion.distributed``): data-parallel training, evaluation split across processes.
+processes (``sde_diffusion.core.distributed``): data-parallel training, evaluation split across processes.
 """
 from __future__ import annotations
 
 import re
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from absl import app, flags
 from ml_collections import ConfigDict, config_flags
 
-from .registry import Registry
+from sde_diffusion.core.registry import Registry
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/vp/ring.py.", lock_config=True)
@@ -30,8 +30,8 @@ MULTI_PROCESS_COMMANDS = ("train", "likelihood", "bench")
 @COMMANDS.register("train")
 def _train(config: ConfigDict, workdir: str) -> None:
     """Train (resuming from the latest checkpoint in the workdir)."""
-    from .distributed import is_main
-    from .train import train
+    from sde_diffusion.app.train import train
+    from sde_diffusion.core.distributed import is_main
 
     state = train(config, workdir)
     if is_main():
@@ -41,7 +41,7 @@ def _train(config: ConfigDict, workdir: str) -> None:
 @COMMANDS.register("sample")
 def _sample(config: ConfigDict, workdir: str) -> None:
     """Sample the trained model with ``config.sampling``; writes a PNG and an .npz."""
-    from .run import describe, sample_command
+    from sde_diffusion.app.commands import describe, sample_command
 
     print(describe(sample_command(config, workdir)))
 
@@ -49,7 +49,7 @@ def _sample(config: ConfigDict, workdir: str) -> None:
 @COMMANDS.register("likelihood")
 def _likelihood(config: ConfigDict, workdir: str) -> None:
     """Test-set log-likelihood of the trained model (``config.eval``)."""
-    from .evaluate import likelihood_command
+    from sde_diffusion.app.evaluate import likelihood_command
 
     likelihood_command(config, workdir)
 
@@ -57,7 +57,7 @@ def _likelihood(config: ConfigDict, workdir: str) -> None:
 @COMMANDS.register("bench")
 def _bench(config: ConfigDict, workdir: str) -> None:
     """Sampler benchmark of the trained model (``config.bench``)."""
-    from .evaluate import bench_command
+    from sde_diffusion.app.evaluate import bench_command
 
     bench_command(config, workdir)
 
@@ -75,7 +75,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 def _explain_bad_override(argv: list[str]) -> None:
     """Exit with the first override whose path is not a field of the config file."""
-    from .config import check_path, load_config_file
+    from sde_diffusion.app.config import check_path, load_config_file
 
     paths = [m.group(1) for m in (re.match(r"--config\.([\w.]+)", a) for a in argv) if m]
     files = [a.split("=", 1)[1] for a in argv if a.startswith("--config=")]
@@ -91,9 +91,9 @@ def _explain_bad_override(argv: list[str]) -> None:
 
 
 def main(argv: list[str]) -> None:
-    from . import distributed
-    from .config import validate
-    from .train import NonFiniteLossError
+    from sde_diffusion.app.config import validate
+    from sde_diffusion.app.train import NonFiniteLossError
+    from sde_diffusion.core import distributed
 
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m sde_diffusion <{'|'.join(COMMANDS.names())}> --config FILE --workdir DIR [--config.a.b=value ...]")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import time
 
-from sde_diffusion.config import apply_overrides, load_config
-from sde_diffusion.run import describe, sample_command
-from sde_diffusion.train import train
+from sde_diffusion.app.commands import describe, sample_command
+from sde_diffusion.app.config import apply_overrides, load_config
+from sde_diffusion.app.train import train
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vp", "digits.py")
 

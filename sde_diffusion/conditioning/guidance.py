@@ -27,15 +27,16 @@ Conventions
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from collections.abc import Callable
+from typing import Union
 
 import torch
 
-from .classifier import ClassifierFn, log_prob_grad
-from .mixtures import GaussianMixture
-from .models.embeddings import NULL_LABEL
-from .sde_lib import LinearSDE
-from .utils import batch_time
+from sde_diffusion.conditioning.classifier import ClassifierFn, log_prob_grad
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import batch_time
+from sde_diffusion.models.embeddings import NULL_LABEL
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ConditionalScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]

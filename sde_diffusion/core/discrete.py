@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .utils import append_dims
+from sde_diffusion.core.utils import append_dims
 
 
 class DDPMChain:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 import numpy as np
 import torch
@@ -16,13 +17,14 @@ from ml_collections import ConfigDict
 from torch import nn
 
 import solvers
-
-from . import datasets, distributed, models
-from .checkpoints import latest_checkpoint, load_checkpoint
-from .ema import EMA
-from .guidance import classifier_free_guidance
-from .plotting import image_grid_png, scatter_png
-from .sde_lib import LinearSDE, sde_from_config
+from sde_diffusion import models
+from sde_diffusion.app.plotting import image_grid_png, scatter_png
+from sde_diffusion.conditioning.guidance import classifier_free_guidance
+from sde_diffusion.core import distributed
+from sde_diffusion.core.sde_lib import LinearSDE, sde_from_config
+from sde_diffusion.data import datasets
+from sde_diffusion.training.checkpoints import latest_checkpoint, load_checkpoint
+from sde_diffusion.training.ema import EMA
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

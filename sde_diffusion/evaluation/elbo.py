@@ -19,17 +19,17 @@ bins (Ho et al. 2020, eq. 13; checklist LIK-2).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Optional
 
 import torch
 
+from sde_diffusion.core.discrete import DDPMChain
+from sde_diffusion.core.parameterization import data_from_score
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import append_dims, check_finite, check_positive_int, sum_except_batch
 from solvers.common import ScoreFn
-
-from .discrete import DDPMChain
-from .parameterization import data_from_score
-from .sde_lib import LinearSDE
-from .utils import append_dims, check_finite, check_positive_int, sum_except_batch
 
 
 def gaussian_kl(mean_q: torch.Tensor, var_q: torch.Tensor, mean_p: torch.Tensor, var_p: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ dequantisation of the loss) or is seeded from ``config.seed`` (initial weights, 
 states are checkpointed, so a run interrupted and resumed in the same workdir ends with the same
 weights as an uninterrupted one (bit for bit on the CPU).
 
-Under ``torchrun`` the step is data-parallel (``sde_diffusion.distributed``): ``batch_size`` is the
+Under ``torchrun`` the step is data-parallel (``sde_diffusion.core.distributed``): ``batch_size`` is the
 global batch, drawn with its loss noise alike on every process, each of the W processes evaluating
 the network on its B/W rows; the averaged gradient is the full-batch one, so W processes follow the
 single-process trajectory up to floating-point summation order (without dropout, whose masks each
@@ -25,8 +25,9 @@ import json
 import math
 import os
 import random
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -35,12 +36,23 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from . import datasets, distributed, losses, models
-from .checkpoints import latest_checkpoint, save_checkpoint
-from .ema import EMA
-from .plotting import image_grid, scatter_figure
-from .registry import Registry
-from .run import build_model, build_sde, check_compatible, checkpoint_dir, draw_samples, latest_state, write_samples
+from sde_diffusion import models
+from sde_diffusion.app.commands import (
+    build_model,
+    build_sde,
+    check_compatible,
+    checkpoint_dir,
+    draw_samples,
+    latest_state,
+    write_samples,
+)
+from sde_diffusion.app.plotting import image_grid, scatter_figure
+from sde_diffusion.core import distributed
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.data import datasets
+from sde_diffusion.training import losses
+from sde_diffusion.training.checkpoints import latest_checkpoint, save_checkpoint
+from sde_diffusion.training.ema import EMA
 
 OptimizerFactory = Callable[[Iterable[nn.Parameter], ConfigDict], torch.optim.Optimizer]
 OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")

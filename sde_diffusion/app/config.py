@@ -23,19 +23,22 @@ import importlib.util
 import inspect
 import math
 import os
-from typing import Any, Callable, Mapping, Optional
+from collections.abc import Callable, Mapping
+from typing import Any, Optional
 
 import ml_collections
 import torch
 from ml_collections.config_dict import placeholder
 
 import solvers
+from sde_diffusion import models
+from sde_diffusion.app import evaluate
+from sde_diffusion.app.commands import ALL_CLASSES
+from sde_diffusion.app.train import OPTIMIZERS, SCHEDULES
+from sde_diffusion.core.sde_lib import SDES, sde_from_config
+from sde_diffusion.data import datasets
+from sde_diffusion.training import losses
 from solvers.api import GENERAL_FIELDS
-
-from . import datasets, evaluate, losses, models
-from .sde_lib import SDES, sde_from_config
-from .run import ALL_CLASSES
-from .train import OPTIMIZERS, SCHEDULES
 
 #: Fields of ``config.sampling`` besides the per-method groups.
 SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples", "class_label", "guidance_scale")
@@ -103,7 +106,7 @@ def sampling_group(
     """``config.sampling``: the method, shared settings and one group per registered method holding
     its options with their defaults; ``options`` updates the chosen method's group. A class-conditional
     model samples ``class_label`` (None: unconditional; -1: every class, a grid row each) with
-    classifier-free guidance weight ``guidance_scale`` (``sde_diffusion.guidance``)."""
+    classifier-free guidance weight ``guidance_scale`` (``sde_diffusion.conditioning.guidance``)."""
     methods = solvers.available()
     if method not in methods:
         raise ValueError(f"unknown sampling method {method!r}; known: {', '.join(sorted(methods))}")

@@ -24,17 +24,18 @@ evaluated at T, where x_t is nearly pure noise either way (α/σ < 0.007 for VP 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any, Optional
 
 import torch
 from torch import nn
 
-from .discrete import DDPMChain, SMLDChain
-from .models.embeddings import NULL_LABEL
-from .models.utils import get_score_fn
-from .registry import Registry
-from .sde_lib import LinearSDE
-from .utils import append_dims, sum_except_batch
+from sde_diffusion.core.discrete import DDPMChain, SMLDChain
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import append_dims, sum_except_batch
+from sde_diffusion.models.embeddings import NULL_LABEL
+from sde_diffusion.models.utils import get_score_fn
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PerSampleLoss = Callable[[ScoreFn, torch.Tensor, Optional[torch.Generator]], torch.Tensor]

@@ -21,12 +21,13 @@ every training batch: ``get_dequantizer(config)`` returns that function (or None
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any, Optional
 
 import torch
 
-from .registry import Registry
-from .targets import TOY_DATA
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.targets import TOY_DATA
 
 Dequantizer = Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 

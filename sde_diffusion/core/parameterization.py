@@ -10,12 +10,12 @@ Every conversion in the toolkit goes through ``to_score`` / ``from_score`` here.
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-from .registry import Registry
-from .utils import append_dims
+from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.utils import append_dims
 
 Converter = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -16,7 +16,7 @@ map); methods with a tolerance option (``rtol``, ``atol``, ``eps_rel``, ``eps_ab
 tolerances instead. Deterministic methods (measured: two runs from the same latents with different
 generators agree bit for bit) are also scored against the reference: median and RMS distance and
 the fraction of samples that changed mode (RMS alone is dominated by those few; anchor-fast-solvers
-§6.3). Every row gets the distribution metrics of ``sde_diffusion.metrics``.
+§6.3). Every row gets the distribution metrics of ``sde_diffusion.evaluation.metrics``.
 
 Under torchrun the runs on all latents and the reference are split across the processes
 (``solve_split``) and every process scores the gathered samples, so all of them return the same rows.
@@ -29,20 +29,21 @@ import math
 import os
 import time
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torchdiffeq import odeint
 
 import solvers
+from sde_diffusion.core import distributed
+from sde_diffusion.core.mixtures import GaussianMixture
+from sde_diffusion.core.parameterization import data_from_score
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.evaluation import metrics
 from solvers.common import CountedScore, ScoreFn, full_time, tweedie_denoise
-
-from . import distributed, metrics
-from .mixtures import GaussianMixture
-from .parameterization import data_from_score
-from .sde_lib import LinearSDE
 
 #: The issue's NFE grid for fixed-step methods.
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)

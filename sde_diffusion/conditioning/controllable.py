@@ -31,16 +31,16 @@ unconditional mean -0.3 to the conditional 0.15 (2 standard deviations short).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import torch
 
 import solvers
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.utils import append_dims, batch_time, check_finite
 from solvers.registry import METHODS
-
-from .sde_lib import LinearSDE
-from .utils import append_dims, batch_time, check_finite
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

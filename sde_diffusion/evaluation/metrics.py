@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from .mixtures import GaussianMixture
+from sde_diffusion.core.mixtures import GaussianMixture
 
 
 def _mean_pairwise_distance(x: torch.Tensor, y: torch.Tensor, chunk: int = 2048) -> torch.Tensor:

@@ -27,9 +27,10 @@ from __future__ import annotations
 import math
 import os
 import pickle
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
-from typing import Any, Callable, Iterator, Optional, TypeVar
+from typing import Any, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
