@@ -188,7 +188,7 @@ def noise_floor_section(args: argparse.Namespace) -> list[str]:
     benches = [Benchmark(mixture_problem(ring(), get_sde("vp"), n=n, seed=s, name="ring_vp")) for s in range(args.seeds)]
     floors = [metrics.energy_noise_floor(b.true_samples, n, n) for b in benches]
     em_rows = [floor_row(benches, "euler_maruyama", {"steps": k}, floors) for k in EM_STEPS]
-    ggf_rows = [floor_row(benches, f"gotta_go_fast:eps_rel={r}", {}, floors) for r in GGF_TOLERANCES]
+    ggf_rows = [floor_row(benches, f"gotta_go_fast:rtol={r}", {}, floors) for r in GGF_TOLERANCES]
     lines = ["## Gotta-Go-Fast against Euler–Maruyama at the noise floor", ""]
     lines += [
         (

@@ -9,9 +9,10 @@ appear without editing this file:
 * ``sde``: ``name`` plus the keyword arguments of that SDE's constructor (``sde_group``);
 * ``model``: ``name`` plus the network's constructor arguments, ``parameterization`` and
   ``sigma_data`` among them (``model_group``);
-* ``sampling``: ``method``, ``steps``, ``eps``, ``n_samples``, ``class_label``, ``guidance_scale`` plus
-  one group per registered sampling method holding its options, e.g. ``sampling.ode.rtol``
-  (``sampling_group``).
+* ``sampling``: ``method``, ``steps``, ``eps``, ``t_start``, ``n_samples``, ``class_label``,
+  ``guidance_scale`` plus one group per registered sampling method holding its options, e.g.
+  ``sampling.ode.rtol`` (``sampling_group``), generated from the method's declared spec, which also
+  validates them.
 
 ``validate`` checks a config against this schema: an unknown field or a value of the wrong type or
 outside its range raises ``ValueError`` naming the dotted path and what is allowed.
@@ -98,6 +99,7 @@ def sampling_group(
     method: str,
     steps: Optional[int] = None,
     eps: Optional[float] = None,
+    t_start: Optional[float] = None,
     n_samples: int = 1000,
     class_label: Optional[int] = None,
     guidance_scale: float = 0.0,
@@ -111,18 +113,14 @@ def sampling_group(
     if method not in methods:
         raise ValueError(f"unknown sampling method {method!r}; known: {', '.join(sorted(methods))}")
     group = ml_collections.ConfigDict(
-        {"method": method, "steps": placeholder(int), "eps": placeholder(float), "n_samples": n_samples,
-         "class_label": placeholder(int), "guidance_scale": float(guidance_scale)}
+        {"method": method, "steps": placeholder(int), "eps": placeholder(float), "t_start": placeholder(float),
+         "n_samples": n_samples, "class_label": placeholder(int), "guidance_scale": float(guidance_scale)}
     )
-    group.steps, group.eps, group.class_label = steps, eps, class_label
-    for name, spec in methods.items():
+    group.steps, group.eps, group.t_start, group.class_label = steps, eps, t_start, class_label
+    for name in methods:
         if name in SAMPLING_FIELDS:
             raise ValueError(f"sampling method name {name!r} clashes with the field sampling.{name}")
-        given = options if name == method else {}
-        unknown = sorted(set(given) - set(spec["options"]))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; known: {', '.join(sorted(spec['options']))}")
-        group[name] = _group({**spec["options"], **given})
+        group[name] = _group(solvers.METHODS.get(name).resolve(options if name == method else {}))
     return group
 
 
@@ -286,6 +284,7 @@ RULES: dict[str, Rule] = {
     "sampling.method": _one_of(lambda: sorted(solvers.available())),
     "sampling.steps": _optional(_int_at_least(1)),
     "sampling.eps": _optional(_interval(0.0, 1.0)),
+    "sampling.t_start": _optional(_interval(0.0, 1.0, lo_open=True, hi_open=False)),
     "sampling.n_samples": _int_at_least(1),
     "sampling.class_label": _optional(_int_at_least(ALL_CLASSES)),
     "sampling.guidance_scale": _interval(-math.inf, math.inf, lo_open=True),
@@ -344,6 +343,10 @@ def _check_generated(config: ml_collections.ConfigDict) -> None:
     _check_fields(config.sampling, sampling_group(config.sampling.method), "sampling.")
     for name, spec in solvers.available().items():
         _check_fields(config.sampling[name], _group(spec["options"]), f"sampling.{name}.")
+        try:
+            solvers.METHODS.get(name).resolve(dict(config.sampling[name].items()))
+        except ValueError as err:
+            raise ValueError(f"bad config.sampling.{name}: {err}") from None
     for group, build in (("sde", lambda: sde_from_config(config.sde)),
                          ("training", lambda: losses.get_loss_fn(sde_from_config(config.sde), config.training)),
                          ("data", lambda: datasets.get_dequantizer(config.data))):

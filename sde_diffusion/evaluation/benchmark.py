@@ -12,11 +12,10 @@ latents, its reference solution and its true samples (each computed once), and r
 
 Fixed-step methods are run at the step counts whose counted NFE best matches each target of the
 NFE grid (NFE is affine in ``steps`` for every method, so two probe runs on a tiny batch fix the
-map); methods with a tolerance option (``rtol``, ``atol``, ``eps_rel``, ``eps_abs``) are swept over
-tolerances instead. Deterministic methods (measured: two runs from the same latents with different
-generators agree bit for bit) are also scored against the reference: median and RMS distance and
-the fraction of samples that changed mode (RMS alone is dominated by those few; anchor-fast-solvers
-§6.3). Every row gets the distribution metrics of ``sde_diffusion.evaluation.metrics``.
+map); adaptive methods (``Method.is_adaptive`` of the run's options) are swept over their
+tolerances ``rtol`` = ``atol`` instead. Deterministic methods (``Method.is_deterministic`` of the
+run's options) are also scored against the reference: median and RMS distance and the fraction of
+samples that changed mode (RMS alone is dominated by those few). Every row gets the distribution metrics of ``sde_diffusion.evaluation.metrics``.
 
 Under torchrun the runs on all latents and the reference are split across the processes
 (``solve_split``) and every process scores the gathered samples, so all of them return the same rows.
@@ -42,15 +41,16 @@ from sde_diffusion.core import distributed
 from sde_diffusion.core.mixtures import GaussianMixture
 from sde_diffusion.core.parameterization import data_from_score
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.evaluation import metrics
-from solvers.common import CountedScore, ScoreFn, full_time, tweedie_denoise
+from solvers.common import CountedScore, full_time, tweedie_denoise
 
 #: The issue's NFE grid for fixed-step methods.
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 #: Tolerances for adaptive methods (every tolerance option of a method is set to the value).
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 #: Option names that make a method adaptive.
-TOLERANCE_OPTIONS = ("rtol", "atol", "eps_rel", "eps_abs")
+TOLERANCE_OPTIONS = ("rtol", "atol")
 #: Warn when a final denoise at eps would shrink the finest mode's spread by more than this.
 SPREAD_TOLERANCE = 0.01
 #: Step counts of the two probe runs that measure nfe(steps) = a + b·steps.
@@ -343,9 +343,11 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), options
 
 
-def is_adaptive(method: str) -> bool:
-    """A method with a tolerance option is swept over tolerances, not steps."""
-    return any(k in solvers.METHODS.get(method).options for k in TOLERANCE_OPTIONS)
+def is_adaptive(spec: str) -> bool:
+    """Whether ``spec`` ("name" or "name:key=value,...") is swept over tolerances, not steps, as its
+    method declares for those options."""
+    name, options = parse_method(spec)
+    return solvers.METHODS.get(name).is_adaptive(options)
 
 
 class Benchmark:
@@ -388,15 +390,19 @@ class Benchmark:
 
     # --- running one method -------------------------------------------------------------------------
     def options(self, method: str, variant: dict[str, Any], tol: Optional[float] = None) -> dict[str, Any]:
-        """The options a run of ``method`` gets: the problem's ``t_start`` and ``denoise`` where the
-        method takes them, the tolerance ``tol`` for every tolerance option, then ``variant``."""
-        accepted = solvers.METHODS.get(method).options
+        """The arguments a run of ``method`` gets: the problem's ``t_start`` and ``eps`` where the
+        method takes them, its ``denoise``, the tolerance ``tol`` for every tolerance option, then
+        ``variant``."""
+        spec = solvers.METHODS.get(method)
+        accepted = spec.options
         p = self.problem
         opts: dict[str, Any] = {}
-        if "t_start" in accepted:
+        if "t_start" in spec.takes:
             opts["t_start"] = p.t_start
         elif p.t_start != p.sde.T:
-            raise ValueError(f"method {method!r} has no t_start option and always starts at T = {p.sde.T}, not at {p.t_start:.4g}")
+            raise ValueError(f"method {method!r} takes no t_start and always starts at T = {p.sde.T}, not at {p.t_start:.4g}")
+        if "eps" in spec.takes:
+            opts["eps"] = p.eps
         if "denoise" in accepted:
             opts["denoise"] = p.denoise
         if tol is not None:
@@ -407,16 +413,12 @@ class Benchmark:
         name, variant = parse_method(spec)
         g = torch.Generator(device=x_T.device).manual_seed(seed)
         p, score = self.problem, BudgetedScore(self.problem.score_fn, self.max_nfe)
-        return solvers.sample(p.sde, score, x_T.shape, name, steps=steps, eps=p.eps, x_T=x_T, generator=g, **self.options(name, variant, tol))
+        return solvers.sample(p.sde, score, x_T.shape, name, steps=steps, x_T=x_T, generator=g, **self.options(name, variant, tol))
 
     def is_deterministic(self, spec: str, tol: Optional[float] = None) -> bool:
-        """Measured: two runs on a small batch from the same latents with different generators
-        agree exactly."""
-        steps = None if tol is not None else PROBE_STEPS[0]
-        x_T = self.latents[:8]
-        a, _ = self._sample(spec, x_T, steps, tol, seed=1)
-        b, _ = self._sample(spec, x_T, steps, tol, seed=2)
-        return torch.equal(a, b)
+        """Whether ``spec``'s samples depend on x_T alone, as its method declares for its options."""
+        name, variant = parse_method(spec)
+        return solvers.METHODS.get(name).is_deterministic(variant)
 
     def steps_for_nfe(self, spec: str, targets: Sequence[int]) -> list[int]:
         """Distinct step counts whose NFE is nearest to each target: nfe(steps) = a + b·steps is
@@ -485,9 +487,8 @@ class Benchmark:
     def _sweep_method(self, spec: str, nfe_grid: Sequence[int], tolerances: Sequence[float], result: BenchmarkResult) -> list[Row]:
         """The rows of one method. Tolerances run from loose to tight and stop at the first run over
         the NFE budget, as tighter ones cost more."""
-        name, _ = parse_method(spec)
         try:
-            adaptive = is_adaptive(name)
+            adaptive = is_adaptive(spec)
             settings = [(None, tol) for tol in sorted(tolerances, reverse=True)] if adaptive else [(s, None) for s in self.steps_for_nfe(spec, nfe_grid)]
             deterministic = self.is_deterministic(spec, settings[0][1])
         except (ValueError, NFEBudgetExceeded) as err:
