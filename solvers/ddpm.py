@@ -13,7 +13,7 @@ from sde_diffusion.core.discrete import DDPMChain
 from sde_diffusion.core.sde_lib import LinearSDE
 
 from .common import Run, full_time, noise_like
-from .spec import DISCRETE_CHAIN, Requirement, StepsOfSDE, choice, number, register_method
+from .spec import DISCRETE_CHAIN, N_STEPS, Requirement, StepsOfSDE, choice, number, register_method
 
 #: DDPM reverse variances σ_k² (Ho et al. 2020, §3.2): the forward β_k or the posterior β̃_k.
 VARIANCES = ("beta", "beta_tilde")
@@ -96,8 +96,8 @@ def run_levels(run: Run) -> Levels:
 
 
 #: Level selections τ for fewer steps than levels (Song, Meng & Ermon 2021, App. D.2): evenly spaced in
-#: k, or in √k, denser near the data. VP's levels are evenly spaced in t, so 100 quadratic DDIM steps
-#: give the ring a spread of 0.985 against 0.911 for linear ones; VE's are already even in log σ.
+#: k, or in √k, denser near the data (VP's levels are evenly spaced in t; VE's are already even in
+#: log σ; README, "Fast solvers: measured choices").
 STRIDES = ("linear", "quadratic")
 
 
@@ -148,7 +148,7 @@ DDPM_CHAIN = Requirement(lambda run, options: isinstance(run.sde.chain, DDPMChai
     "ddpm",
     DISCRETE_CHAIN,
     options={"variance": choice("beta", VARIANCES), "stride": choice("quadratic", STRIDES)},
-    default_steps=StepsOfSDE("N", lambda sde, options: sde.N),
+    default_steps=N_STEPS,
     takes=("steps", "eps", "t_start"),
     nfe=lambda steps, options: steps,
     requires=(DDPM_CHAIN,),

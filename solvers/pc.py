@@ -23,7 +23,18 @@ from .ddpm import chain_levels
 from .grid import GridStepper, grid_options, run_grid
 from .langevin import ald_step_size, langevin_step, snr_step_size
 from .schedules import Node
-from .spec import ARGUMENTS, FIXED_GRID, Requirement, StepsOfSDE, choice, flag, integer, number, register_method
+from .spec import (
+    ARGUMENTS,
+    FIXED_GRID,
+    N_STEPS,
+    Requirement,
+    StepsOfSDE,
+    choice,
+    flag,
+    integer,
+    number,
+    register_method,
+)
 
 PredictorStep = Callable[[torch.Tensor, torch.Tensor, int, Optional[torch.Generator]], torch.Tensor]
 CorrectorStepSize = Callable[[torch.Tensor, torch.Tensor, int], float]
@@ -258,7 +269,7 @@ def pc(run: Run, x: torch.Tensor, *, predictor: str, schedule: str, rho: float, 
     "euler_maruyama",
     FIXED_GRID,
     options={"probability_flow": flag(False), **grid_options("time_uniform")},
-    default_steps=StepsOfSDE("N", lambda sde, options: sde.N),
+    default_steps=N_STEPS,
     deterministic=lambda options: options["probability_flow"],
     nfe=lambda steps, options: steps + int(options["denoise"]),
 )
