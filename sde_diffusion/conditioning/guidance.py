@@ -27,15 +27,21 @@ Conventions
 """
 from __future__ import annotations
 
+from typing import Union
+
 import torch
 
 from sde_diffusion.conditioning.classifier import ClassifierFn, log_prob_grad
 from sde_diffusion.core.mixtures import GaussianMixture
 from sde_diffusion.core.sde_lib import LinearSDE
-from sde_diffusion.core.types import Labels, ScoreFn
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import batch_time
 from sde_diffusion.models.embeddings import NULL_LABEL
 
+#: A sampling label asking for every class in turn, ``n // C`` samples each (one grid row per class).
+ALL_CLASSES = -1
+
+Labels = Union[int, torch.Tensor]
 
 def check_labels(labels: Labels, allow_null: bool = True) -> None:
     """Raise ``ValueError`` unless ``labels`` is an int or a 1-D integer tensor of classes >= 0
