@@ -14,7 +14,7 @@ Sections:
   stochastic     SDE solvers at 10 and 20 NFE: off-manifold fraction, spread, energy distance
   noise_floor    Gotta-Go-Fast against Euler–Maruyama: the fewest evaluations (batched calls and
                  per-sample evaluations) at which the mean energy distance over seeds is within
-                 1.5× the true-vs-true noise floor (from T, as Euler–Maruyama has no t_start), at
+                 1.5× the true-vs-true noise floor (from T), at
                  --floor-n samples (default 20000: at 4000 the criterion is met by visibly biased
                  samples)
   orders         empirical orders: log2 of the error ratio from 64 to 128 steps

@@ -24,7 +24,6 @@ from .grid import GridStepper, grid_options, run_grid
 from .langevin import ald_step_size, langevin_step, snr_step_size
 from .schedules import Node
 from .spec import (
-    ARGUMENTS,
     FIXED_GRID,
     N_STEPS,
     Requirement,
@@ -239,7 +238,6 @@ PC_OPTIONS = {
     FIXED_GRID,
     options=PC_OPTIONS,
     default_steps=StepsOfSDE("N (N - 1 with a chain predictor)", lambda sde, options: sde.N - 1 if is_chain(options) else sde.N),
-    takes=ARGUMENTS,
     deterministic=_pc_deterministic,
     nfe=_pc_nfe,
     requires=(CHAIN_GRID, ANCESTRAL),

@@ -243,6 +243,7 @@ class Method:
         return {
             "description": self.description,
             "family": self.family.name,
+            "meaning": {"steps": self.family.steps, "grid": self.family.grid},
             "default_steps": repr(self.default_steps) if isinstance(self.default_steps, StepsOfSDE) else self.default_steps,
             "takes": self.takes,
             "options": {name: opt.default for name, opt in self.options.items()},

@@ -232,3 +232,15 @@ def test_callback_exception_propagates(name):
         run(name, options, score=score, callback=callback)
     _, full, info, _ = run(name, options)
     assert info["steps"] == 1 or len(score.times) < full
+
+
+def test_ode_encode_and_likelihood_name_a_non_finite_score():
+    """The probability-flow ODE paths outside ``sample`` report a NaN score as such, not as a bad time
+    or a bad x (the adaptive step size turns NaN first)."""
+    from sde_diffusion.evaluation.likelihood import log_likelihood
+
+    x0 = RING.sample(4, torch.Generator().manual_seed(0))
+    with pytest.raises(solvers.NonFiniteScoreError, match="encode: score_fn returned a non-finite value"):
+        solvers.encode(SDE, Recorder(fail_at=2), x0, rtol=1e-3, atol=1e-3)
+    with pytest.raises(solvers.NonFiniteScoreError, match="log_likelihood: score_fn returned a non-finite value"):
+        log_likelihood(SDE, Recorder(fail_at=2), x0.double(), rtol=1e-3, atol=1e-3)
