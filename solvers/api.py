@@ -1,6 +1,7 @@
 """The one entry point: ``sample(sde, score_fn, shape, method, ...) -> (x, nfe)``."""
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any, Optional, Union
 
@@ -115,10 +116,12 @@ def sample(
 
 
 def _grid_ends(grid: torch.Tensor, steps: Optional[int], t_start: Optional[float], eps: Optional[float]) -> tuple[int, float, float]:
-    """steps, t_start and eps of an explicit grid; given ones must agree with it."""
-    ends = {"steps": (steps, grid.numel() - 1), "t_start": (t_start, float(grid[0])), "eps": (eps, float(grid[-1]))}
-    for name, (value, implied) in ends.items():
-        if value is not None and value != implied:
+    """steps, t_start and eps of an explicit grid; given ones must agree with it (t_start and eps to
+    float32 rounding, a grid given in float32)."""
+    if steps is not None and steps != grid.numel() - 1:
+        raise ValueError(f"steps={steps} disagrees with the explicit schedule, which implies steps={grid.numel() - 1}")
+    for name, value, implied in (("t_start", t_start, float(grid[0])), ("eps", eps, float(grid[-1]))):
+        if value is not None and not math.isclose(value, implied, rel_tol=1e-6, abs_tol=1e-12):
             raise ValueError(f"{name}={value} disagrees with the explicit schedule, which implies {name}={implied}")
     return grid.numel() - 1, float(grid[0]), float(grid[-1])
 

@@ -162,9 +162,8 @@ class Benchmark:
 
     # --- running one method -------------------------------------------------------------------------
     def options(self, method: str, variant: dict[str, Any], tol: Optional[float] = None) -> dict[str, Any]:
-        """The arguments a run of ``method`` gets: the problem's ``t_start`` and ``eps`` where the
-        method takes them, its ``denoise``, the tolerance ``tol`` for every tolerance option, then
-        ``variant``."""
+        """The arguments a run of ``method`` gets: the problem's ``t_start`` where the method takes
+        it, its ``denoise``, the tolerance ``tol`` for every tolerance option, then ``variant``."""
         spec = solvers.METHODS.get(method)
         accepted = spec.options
         p = self.problem
@@ -173,8 +172,6 @@ class Benchmark:
             opts["t_start"] = p.t_start
         elif p.t_start != p.sde.T:
             raise ValueError(f"method {method!r} takes no t_start and always starts at T = {p.sde.T}, not at {p.t_start:.4g}")
-        if "eps" in spec.takes:
-            opts["eps"] = p.eps
         if "denoise" in accepted:
             opts["denoise"] = p.denoise
         if tol is not None:
@@ -185,7 +182,8 @@ class Benchmark:
         name, variant = parse_method(spec)
         g = torch.Generator(device=x_T.device).manual_seed(seed)
         p, score = self.problem, BudgetedScore(self.problem.score_fn, self.max_nfe)
-        return solvers.sample(p.sde, score, x_T.shape, name, steps=steps, x_T=x_T, generator=g, **self.options(name, variant, tol))
+        eps = p.eps if "eps" in solvers.METHODS.get(name).takes else None
+        return solvers.sample(p.sde, score, x_T.shape, name, steps=steps, eps=eps, x_T=x_T, generator=g, **self.options(name, variant, tol))
 
     def is_deterministic(self, spec: str, tol: Optional[float] = None) -> bool:
         """Whether ``spec``'s samples depend on x_T alone, as its method declares for its options."""
