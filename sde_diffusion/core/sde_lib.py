@@ -108,7 +108,7 @@ class ReverseSDE:
         return 0.5 if self.probability_flow else 1.0
 
     def sde(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
-        t = batch_time(t, x)
+        t = batch_time(self.forward._number(t), x)
         _, diffusion = self.forward.sde(x, t)
         drift = self.forward.reverse_drift(x, t, self.score_fn(x, t), self.probability_flow)
         if self.probability_flow:
@@ -157,10 +157,12 @@ class LinearSDE(SDE):
 
     # --- public; a Python number is validated, a tensor is checked at the entry points ----------
     def _time(self, t: TimeLike) -> torch.Tensor:
-        if isinstance(t, torch.Tensor):
-            return t
-        t = as_tensor_time(t)
-        check_time(t, self.T)
+        return as_tensor_time(self._number(t))
+
+    def _number(self, t: TimeLike) -> TimeLike:
+        """``t``, checked when it is a Python number."""
+        if not isinstance(t, torch.Tensor):
+            check_time(as_tensor_time(t), self.T)
         return t
 
     def check_time(self, t: TimeLike, name: str = "t") -> None:
@@ -204,18 +206,18 @@ class LinearSDE(SDE):
         """Drift of the reverse-time SDE, f(t) x - g(t)² s, or of the probability-flow ODE,
         f(t) x - ½ g(t)² s (Song et al. 2021, eqs. 6, 13), for the score s at (x, t): the one place
         this drift is written (``ReverseSDE``, the ODE samplers, Gotta-Go-Fast, the likelihood)."""
-        t = batch_time(t, x)
+        t = batch_time(self._number(t), x)
         c = 0.5 if probability_flow else 1.0
         f, g2 = append_dims(self.f(t), x.ndim).to(x.dtype), append_dims(self.g2(t), x.ndim).to(x.dtype)
         return f * x - c * g2 * score
 
     # --- the score_sde interface ----------------------------------------------------------------
     def sde(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
-        t = batch_time(t, x)
+        t = batch_time(self._number(t), x)
         return append_dims(self.f(t), x.ndim) * x, self.g2(t).sqrt()
 
     def marginal_prob(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
-        t = batch_time(t, x)
+        t = batch_time(self._number(t), x)
         return append_dims(self.alpha(t), x.ndim) * x, self.sigma(t)
 
     def prior_sampling(
