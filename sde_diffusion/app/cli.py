@@ -25,7 +25,7 @@ flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, tensorboard/,
 
 #: What absl's parser says for a value it cannot convert, and the type each field expects, in words.
 _BAD_VALUE = re.compile(r"flag --config\.([\w.]+)=(.*?): ")
-_ALLOCATION_FAILED = re.compile(r"tried to allocate [\d.]+ \w+|out of memory")
+_ALLOCATION_FAILED = re.compile(r"tried to allocate (\d+) bytes|out of memory")
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string", tuple: "a tuple, e.g. (1, 2)"}
 
 Command = Callable[[ConfigDict, str], None]
@@ -39,10 +39,13 @@ NO_WORKDIR_COMMANDS = ("config",)
 @COMMANDS.register("train")
 def _train(config: ConfigDict, workdir: str) -> None:
     """Train (resuming from the latest checkpoint in the workdir)."""
+    from sde_diffusion.app.build import sample_shape
+    from sde_diffusion.app.resources import check_memory
     from sde_diffusion.app.train import train
     from sde_diffusion.app.workdir import lock_path, main_locked
     from sde_diffusion.core.distributed import is_main
 
+    check_memory("training.batch_size", config.training.batch_size, sample_shape(config, 1)[1:], config.device)
     with main_locked(lock_path(workdir, "train"), "train"):
         state = train(config, workdir)
     if is_main():
@@ -164,6 +167,7 @@ def _explain_flag_error(argv: list[str], config: Optional[ConfigDict], err: Exce
 
 def main(argv: list[str]) -> None:
     from sde_diffusion.app.config import validate
+    from sde_diffusion.app.resources import format_bytes
     from sde_diffusion.app.train import NonFiniteLossError
     from sde_diffusion.app.workdir import WorkdirLockedError, ensure_writable
     from sde_diffusion.core import distributed
@@ -189,8 +193,9 @@ def main(argv: list[str]) -> None:
         failed = _ALLOCATION_FAILED.search(str(err))
         if failed is None and not isinstance(err, MemoryError):
             raise
-        sys.exit(f"error: out of memory ({failed.group(0) if failed else 'MemoryError'}); lower the batch size of the command"
-                 " (config.sampling.batch_size, config.eval.batch_size, config.training.batch_size)")
+        need = f"an allocation of {format_bytes(int(failed.group(1)))} failed" if failed and failed.group(1) else "out of memory"
+        sys.exit(f"error: {need}; lower the sizes the command allocates (config.sampling.batch_size, config.eval.batch_size,"
+                 " config.training.batch_size, config.data.n_train, config.data.n_test)")
 
 
 def run() -> None:

@@ -43,7 +43,6 @@ def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None) 
     and, with ``sampling.save_individual``, one PNG per image in ``samples/<tag>/``; returns the paths.
     Raises ``FloatingPointError`` if a batch comes out non-finite, keeping the batches before it."""
     s = config.sampling
-    run = load_run(config, workdir)
     stem = os.path.join(workdir, "samples", tag or s.method)
     n, shape = sample_count(config, s.n_samples), sample_shape(config, 1)[1:]
     if s.save_individual and len(shape) != 3:
@@ -51,6 +50,7 @@ def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None) 
     check_memory("sampling.batch_size", min(s.batch_size, n), shape, config.device)
     os.makedirs(os.path.dirname(stem), exist_ok=True)
     check_disk("sampling.n_samples", n, shape, os.path.dirname(stem), copies=2)
+    run = load_run(config, workdir)
     with main_locked(lock_path(workdir, f"sample_{os.path.basename(stem)}"), "sample"):
         parts = BatchStore(stem + ".parts", _batch_key(config, run))
         todo = distributed.from_main(lambda: parts.missing(n, s.batch_size))

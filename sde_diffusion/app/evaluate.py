@@ -170,11 +170,11 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkR
     to ``workdir/bench/``. True samples are the test set; the data set's analytic mixture, if it has
     one, adds the mode, spread and true-density columns."""
 
-    run = load_run(config, workdir)
-    sde, score_fn = run.sde, run.score_fn
     b = config.bench
     test = datasets.get_dataset(config.data)[1].to(config.device)
     check_memory("bench.n_samples", b.n_samples, tuple(test.shape[1:]), config.device)
+    run = load_run(config, workdir)
+    sde, score_fn = run.sde, run.score_fn
     target = ANALYTIC_TARGETS[config.data.dataset]() if config.data.dataset in ANALYTIC_TARGETS else None
     width = datasets.bin_width(config.data)
     problem = Problem(
