@@ -31,7 +31,7 @@ _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str:
 Command = Callable[[ConfigDict, str], None]
 COMMANDS: Registry[Command] = Registry("command")
 #: Commands that split their work across the processes of a torchrun job.
-MULTI_PROCESS_COMMANDS = ("train", "likelihood", "bench")
+MULTI_PROCESS_COMMANDS = ("train", "sample", "likelihood", "bench")
 #: Commands that read no run directory.
 NO_WORKDIR_COMMANDS = ("config",)
 
