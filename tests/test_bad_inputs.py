@@ -16,6 +16,8 @@ import textwrap
 import pytest
 import torch
 
+pytestmark = pytest.mark.reliability
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RING = "configs/vp/ring.py"
 

@@ -25,7 +25,11 @@ from sde_diffusion.app.evaluate import likelihood_command, likelihood_path
 from sde_diffusion.app.plotting import points_outside, robust_limits, scatter_figure
 from sde_diffusion.app.train import train
 from sde_diffusion.app.workdir import WorkdirLockedError, checkpoint_dir, load_run, lock_path, locked
-from sde_diffusion.conditioning.guidance import classifier_free_guidance, classifier_guidance, mixture_conditional_score_fn
+from sde_diffusion.conditioning.guidance import (
+    classifier_free_guidance,
+    classifier_guidance,
+    mixture_conditional_score_fn,
+)
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import ring
 from sde_diffusion.training.checkpoints import latest_checkpoint, load_checkpoint, save_checkpoint

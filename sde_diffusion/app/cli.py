@@ -57,7 +57,9 @@ def _sample(config: ConfigDict, workdir: str) -> None:
     """Sample the trained model with ``config.sampling``; writes a PNG and an .npz."""
     from sde_diffusion.app.commands import describe, sample_command
 
-    print(describe(sample_command(config, workdir)))
+    paths = sample_command(config, workdir)
+    if paths:
+        print(describe(paths))
 
 
 @COMMANDS.register("likelihood")

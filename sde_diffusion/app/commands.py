@@ -48,8 +48,7 @@ def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None) 
     if s.save_individual and len(shape) != 3:
         raise ValueError(f"config.sampling.save_individual writes images; config.data.dataset={config.data.dataset!r} has points of shape {shape}")
     check_memory("sampling.batch_size", min(s.batch_size, n), shape, config.device)
-    os.makedirs(os.path.dirname(stem), exist_ok=True)
-    check_disk("sampling.n_samples", n, shape, os.path.dirname(stem), copies=2)
+    distributed.from_main(lambda: _check_disk(stem, n, shape))
     run = load_run(config, workdir)
     with main_locked(lock_path(workdir, f"sample_{os.path.basename(stem)}"), "sample"):
         parts = BatchStore(stem + ".parts", _batch_key(config, run))
@@ -74,6 +73,12 @@ def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None) 
                           class_label=s.class_label, guidance_scale=s.guidance_scale)
         paths = parts.finish(stem, n, shape, meta, _title(config, parts.nfe(n, s.batch_size)), _grid(config, n))
         return paths + ([stem] if s.save_individual else [])
+
+
+def _check_disk(stem: str, n: int, shape: tuple[int, ...]) -> None:
+    """The parts and the final npz of n samples must fit on the disk (rank 0 writes them)."""
+    os.makedirs(os.path.dirname(stem), exist_ok=True)
+    check_disk("sampling.n_samples", n, shape, os.path.dirname(stem), copies=2)
 
 
 def _rows(i: int, n: int, batch_size: int) -> slice:

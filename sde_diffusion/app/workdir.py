@@ -146,7 +146,7 @@ def locked(path: str, what: str) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise WorkdirLockedError(f"{path} is locked by {_holder(fd)}; wait for it to finish or stop it") from None
+            raise WorkdirLockedError(f"{path} is locked by {_holder(fd) or 'a process that is starting'}; wait for it to finish or stop it") from None
         stale = _holder(fd)
         if stale:
             print(f"note: took over the lock {path} left by {stale}, which is no longer running", file=sys.stderr)
