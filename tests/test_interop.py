@@ -19,8 +19,9 @@ import torch
 from torch import nn
 
 import solvers
-from sde_diffusion.core.sde_lib import DiscreteVPSDE, VESDE, get_sde
-from sde_diffusion.evaluation.benchmark import TOLERANCE_OPTIONS, Benchmark, Problem
+from sde_diffusion.core.sde_lib import VESDE, DiscreteVPSDE, get_sde
+from sde_diffusion.evaluation.benchmark import Benchmark, Problem
+from sde_diffusion.evaluation.benchmark.problem import TOLERANCE_OPTIONS
 from sde_diffusion.evaluation.elbo import vlb
 from sde_diffusion.evaluation.likelihood import log_likelihood
 from sde_diffusion.interop import from_diffusers, from_k_diffusion, load_pretrained

@@ -40,6 +40,7 @@ from sde_diffusion.data import datasets
 from sde_diffusion.evaluation.benchmark import NFE_GRID, TOLERANCES
 from sde_diffusion.training import losses
 from sde_diffusion.training.optim import OPTIMIZERS, SCHEDULES
+from sde_diffusion.training.precision import PRECISIONS
 from solvers.api import GENERAL_FIELDS
 
 #: Fields of ``config.sampling`` besides the per-method groups.
@@ -217,6 +218,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.sample_freq = 2000
     training.n_snapshot_samples = 1000
     training.progress = True
+    training.precision = "fp32"
+    training.compile = False
+    training.channels_last = False
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"
@@ -324,6 +328,7 @@ RULES: dict[str, Rule] = {
     "training.keep_checkpoints": _int_at_least(1),
     "training.sample_freq": _int_at_least(0),
     "training.n_snapshot_samples": _int_at_least(1),
+    "training.precision": _one_of(PRECISIONS.names),
     "optim.optimizer": _one_of(OPTIMIZERS.names),
     "optim.lr": POSITIVE,
     "optim.beta1": UNIT,

@@ -40,7 +40,7 @@ import torch
 from torch import nn
 
 from sde_diffusion.core.parameterization import PARAMETERIZATIONS
-from sde_diffusion.core.sde_lib import DiscreteVPSDE, LinearSDE, VESDE
+from sde_diffusion.core.sde_lib import VESDE, DiscreteVPSDE, LinearSDE
 from sde_diffusion.core.utils import batch_time
 from sde_diffusion.interop.common import check_level_range, check_output, ve_sde_for_levels
 
