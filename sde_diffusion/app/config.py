@@ -269,6 +269,13 @@ def get_digits_config() -> ml_collections.ConfigDict:
     return config
 
 
+def cifar10_model_group(**kwargs: Any) -> ml_collections.ConfigDict:
+    """score_sde's DDPM++ CIFAR-10 network: the U-Net on 32×32 RGB with nf = 128, ch_mult (1, 2, 2, 2),
+    4 residual blocks per level, attention at 16×16, dropout 0.1 (kwargs override)."""
+    return model_group("unet", **{"image_size": 32, "num_channels": 3, "nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 4,
+                                  "attn_resolutions": (16,), "dropout": 0.1, **kwargs})
+
+
 # --- validation ------------------------------------------------------------------------------------
 #: A value rule: None when the value is allowed, else a description of what is allowed.
 Rule = Callable[[Any], Optional[str]]
