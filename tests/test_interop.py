@@ -317,16 +317,17 @@ def test_every_sampler_runs_on_a_wrapped_model(method, wrapped):
 
 def test_likelihood_elbo_and_benchmark_run_on_a_wrapped_model(wrapped):
     """The PF-ODE likelihood (Hutchinson trace), the DDPM bound and one benchmark row all run on the
-    wrapped model and give finite numbers; the bound sums the chain's N - 1 = 49 diffusion terms."""
+    wrapped model and give finite numbers (loose tolerances and a Monte-Carlo bound of 5 terms: this
+    checks the plumbing, not the numbers)."""
     sde, score_fn = wrapped
     x0 = torch.rand(SHAPE, generator=torch.Generator().manual_seed(3)) * 2 - 1
     gen = torch.Generator().manual_seed(0)
-    logp, _, nfe = log_likelihood(sde, score_fn, x0, trace="hutchinson", n_probes=1, generator=gen, rtol=1e-3, atol=1e-3,
+    logp, _, nfe = log_likelihood(sde, score_fn, x0, trace="hutchinson", n_probes=1, generator=gen, rtol=1e-2, atol=1e-2,
                                   eps=sde.default_eps)
     assert logp.shape == (2,) and bool(torch.isfinite(logp).all()) and nfe > 0
-    bound = vlb(sde, score_fn, x0, generator=gen)
+    bound = vlb(sde, score_fn, x0, generator=gen, n_terms=5)
     assert bool(torch.isfinite(bound.nll).all())
-    bench = Benchmark(Problem(sde, score_fn, SHAPE[1:], n=4, dtype=torch.float32, name="tiny unet"))
+    bench = Benchmark(Problem(sde, score_fn, SHAPE[1:], n=4, dtype=torch.float32, name="tiny unet"), reference_tol=1e-3)
     row = bench.run("ddim", steps=5)
     assert row.nfe == 5
 
