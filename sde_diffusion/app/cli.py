@@ -4,6 +4,9 @@ with score_sde-style overrides such as ``--config.training.n_iters=2000`` (absl 
 file that is missing or broken, an override of the wrong type, a missing flag, a workdir that cannot be
 written) ends the process with one line naming it; ``--help`` lists the commands.
 
+``--pretrained DIR`` (sample, likelihood, bench) takes a diffusers ``save_pretrained`` directory in place of
+the workdir's checkpoints (``sde_diffusion.app.pretrained``).
+
 ``torchrun --nproc_per_node=N -m sde_diffusion <train|likelihood|bench> ...`` runs the command on N
 processes (``sde_diffusion.core.distributed``): data-parallel training, evaluation split across processes.
 """
@@ -22,6 +25,8 @@ from sde_diffusion.core.registry import Registry
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/vp/ring.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, tensorboard/, samples/, config.json.")
+flags.DEFINE_string("pretrained", None, "sample/likelihood/bench: a diffusers save_pretrained directory to use instead of"
+                    " the workdir's checkpoints (the workdir then only receives the outputs).")
 
 #: What absl's parser says for a value it cannot convert, and the type each field expects, in words.
 _BAD_VALUE = re.compile(r"flag --config\.([\w.]+)=(.*?): ")
@@ -57,7 +62,7 @@ def _sample(config: ConfigDict, workdir: str) -> None:
     """Sample the trained model with ``config.sampling``; writes a PNG and an .npz."""
     from sde_diffusion.app.commands import describe, sample_command
 
-    paths = sample_command(config, workdir)
+    paths = sample_command(config, workdir, pretrained=FLAGS.pretrained)
     if paths:
         print(describe(paths))
 
@@ -67,7 +72,7 @@ def _likelihood(config: ConfigDict, workdir: str) -> None:
     """Test-set log-likelihood of the trained model (``config.eval``)."""
     from sde_diffusion.app.evaluate import likelihood_command
 
-    likelihood_command(config, workdir)
+    likelihood_command(config, workdir, pretrained=FLAGS.pretrained)
 
 
 @COMMANDS.register("bench")
@@ -75,7 +80,7 @@ def _bench(config: ConfigDict, workdir: str) -> None:
     """Sampler benchmark of the trained model (``config.bench``)."""
     from sde_diffusion.app.evaluate import bench_command
 
-    bench_command(config, workdir)
+    bench_command(config, workdir, pretrained=FLAGS.pretrained)
 
 
 def usage() -> str:
@@ -181,6 +186,8 @@ def main(argv: list[str]) -> None:
         sys.exit("error: --config FILE is required, e.g. --config configs/vp/ring.py (see --help)")
     try:
         config = validate(FLAGS.config, training=argv[1] == "train")
+        if FLAGS.pretrained is not None and argv[1] == "train":
+            raise ValueError("--pretrained is for sample, likelihood and bench; train writes its own checkpoints")
         if distributed.launched() and argv[1] not in MULTI_PROCESS_COMMANDS:
             raise ValueError(f"{argv[1]!r} runs on one process; launch it without torchrun (multi-process: {', '.join(MULTI_PROCESS_COMMANDS)})")
         if FLAGS.workdir is None and argv[1] not in NO_WORKDIR_COMMANDS:

@@ -26,8 +26,9 @@ from tqdm.auto import tqdm
 
 from sde_diffusion.app.build import draw_samples, sample_count, sample_shape
 from sde_diffusion.app.plotting import individual_pngs
+from sde_diffusion.app.pretrained import load_source
 from sde_diffusion.app.resources import check_disk, check_memory
-from sde_diffusion.app.workdir import TrainedRun, load_run, lock_path, main_locked, plot_samples, provenance
+from sde_diffusion.app.workdir import TrainedRun, lock_path, main_locked, plot_samples, provenance
 from sde_diffusion.conditioning.guidance import ALL_CLASSES
 from sde_diffusion.core import distributed
 
@@ -37,19 +38,23 @@ BATCH_SEED_STRIDE = 2**32
 GRID_IMAGES = 256
 
 
-def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None) -> list[str]:
+def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None, pretrained: Optional[str] = None) -> list[str]:
     """The ``sample`` command (module docstring): ``config.sampling.n_samples`` samples of the trained
-    run with ``config.sampling``, written to ``workdir/samples/<tag>.{png,npz}`` (``tag``: the method)
-    and, with ``sampling.save_individual``, one PNG per image in ``samples/<tag>/``; returns the paths.
+    run (or of the ``pretrained`` diffusers directory) with ``config.sampling``, written to
+    ``workdir/samples/<tag>.{png,npz}`` (``tag``: the method) and, with ``sampling.save_individual``,
+    one PNG per image in ``samples/<tag>/``; returns the paths.
     Raises ``FloatingPointError`` if a batch comes out non-finite, keeping the batches before it."""
     s = config.sampling
     stem = os.path.join(workdir, "samples", tag or s.method)
+    # A pretrained model sets config.data to its format, which the checks below read; a workdir's
+    # checkpoint is loaded after them.
+    run = load_source(config, workdir, pretrained) if pretrained is not None else None
     n, shape = sample_count(config, s.n_samples), sample_shape(config, 1)[1:]
     if s.save_individual and len(shape) != 3:
         raise ValueError(f"config.sampling.save_individual writes images; config.data.dataset={config.data.dataset!r} has points of shape {shape}")
     check_memory("sampling.batch_size", min(s.batch_size, n), shape, config.device)
     distributed.from_main(lambda: _check_disk(stem, n, shape))
-    run = load_run(config, workdir)
+    run = run or load_source(config, workdir, None)
     with main_locked(lock_path(workdir, f"sample_{os.path.basename(stem)}"), "sample"):
         parts = BatchStore(stem + ".parts", _batch_key(config, run))
         todo = distributed.from_main(lambda: parts.missing(n, s.batch_size))

@@ -19,8 +19,9 @@ import ml_collections
 import torch
 from tqdm.auto import tqdm
 
+from sde_diffusion.app.pretrained import load_source
 from sde_diffusion.app.resources import check_memory
-from sde_diffusion.app.workdir import load_run, lock_path, main_locked, provenance
+from sde_diffusion.app.workdir import lock_path, main_locked, provenance
 from sde_diffusion.core import distributed
 from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.targets import ring
@@ -135,15 +136,16 @@ def likelihood_path(workdir: str, dataset: str) -> str:
     return os.path.join(workdir, "eval", f"likelihood_{dataset}.json")
 
 
-def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Test NLL of the trained run in ``workdir`` (``config.eval``) on ``config.data``; printed and
-    written to ``likelihood_path`` with the record of what produced it (``workdir.provenance``)."""
+def likelihood_command(config: ml_collections.ConfigDict, workdir: str, pretrained: Optional[str] = None) -> dict[str, float]:
+    """Test NLL of the trained run in ``workdir``, or of the ``pretrained`` diffusers directory
+    (``config.eval``), on ``config.data``; printed and written to ``likelihood_path`` with the record
+    of what produced it (``workdir.provenance``)."""
 
-    run = load_run(config, workdir)
+    run = load_source(config, workdir, pretrained)
     e = config.eval
     path = likelihood_path(workdir, config.data.dataset)
     main = distributed.is_main()
-    if main and run.dataset != config.data.dataset:
+    if main and run.dataset not in (None, config.data.dataset):
         print(f"note: the run was trained on {run.dataset!r}; evaluating it on config.data.dataset={config.data.dataset!r}")
     test = datasets.get_dataset(config.data)[1][: e.n_samples].to(config.device)
     check_memory("eval.batch_size", min(e.batch_size, test.shape[0]), tuple(test.shape[1:]), config.device)
@@ -165,16 +167,17 @@ def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 # --- benchmark --------------------------------------------------------------------------------------
-def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkResult:
-    """The step-count benchmark on the trained run in ``workdir`` (``config.bench``); the report goes
-    to ``workdir/bench/``. True samples are the test set; the data set's analytic mixture, if it has
-    one, adds the mode, spread and true-density columns."""
+def bench_command(config: ml_collections.ConfigDict, workdir: str, pretrained: Optional[str] = None) -> BenchmarkResult:
+    """The step-count benchmark on the trained run in ``workdir``, or on the ``pretrained`` diffusers
+    directory (``config.bench``); the report goes to ``workdir/bench/`` with ``produced_by.json``. True
+    samples are the test set; the data set's analytic mixture, if it has one, adds the mode, spread and
+    true-density columns."""
 
+    run = load_source(config, workdir, pretrained)
+    sde, score_fn = run.sde, run.score_fn
     b = config.bench
     test = datasets.get_dataset(config.data)[1].to(config.device)
     check_memory("bench.n_samples", b.n_samples, tuple(test.shape[1:]), config.device)
-    run = load_run(config, workdir)
-    sde, score_fn = run.sde, run.score_fn
     target = ANALYTIC_TARGETS[config.data.dataset]() if config.data.dataset in ANALYTIC_TARGETS else None
     width = datasets.bin_width(config.data)
     problem = Problem(
@@ -193,7 +196,7 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkR
         fine_scale=b.fine_scale if b.fine_scale is not None else (width or None),
         log_density=_model_log_density(sde, score_fn, config) if b.nll_samples > 0 else None,
         log_density_label="model log-likelihood (PF-ODE)" if b.nll_samples > 0 else "true log-density",
-        name=f"{config.data.dataset}, {config.sde.name}, {os.path.basename(os.path.normpath(workdir))}",
+        name=f"{config.data.dataset}, {sde!r}, {os.path.basename(os.path.normpath(pretrained or workdir))}",
     )
     main = distributed.is_main()
     with main_locked(lock_path(workdir, "bench"), "bench"):

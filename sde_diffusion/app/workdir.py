@@ -36,13 +36,14 @@ MODEL_GROUPS = ("sde", "model")
 
 @dataclass
 class TrainedRun:
-    """The trained score function of a workdir and where it came from."""
+    """A trained score function and where it came from: a workdir's checkpoint, its step and the data
+    set it was trained on (or a pretrained model's directory, with no step or data set known)."""
 
     sde: LinearSDE
     score_fn: ScoreFn
     checkpoint: str
-    step: int
-    dataset: str
+    step: Optional[int]
+    dataset: Optional[str]
 
 
 def checkpoint_dir(workdir: str) -> str:
