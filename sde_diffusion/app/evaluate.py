@@ -127,7 +127,7 @@ def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
     sde, score_fn = load_score_fn(config, workdir)
     e = config.eval
-    test = datasets.get_dataset(config.data)[1][: e.n_samples].to(config.device)
+    test = datasets.held_out(config.data, e.n_samples).to(config.device)
     levels, low, high = _data_range(config.data)
     report = evaluate_likelihood(
         sde, score_fn, test, levels=levels, low=low, high=high, batch_size=e.batch_size, repeats=e.dequant_repeats,
@@ -150,15 +150,15 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkR
 
     sde, score_fn = load_score_fn(config, workdir)
     b = config.bench
-    test = datasets.get_dataset(config.data)[1].to(config.device)
+    test = datasets.held_out(config.data, b.n_samples).to(config.device)
     target = ANALYTIC_TARGETS[config.data.dataset]() if config.data.dataset in ANALYTIC_TARGETS else None
     width = datasets.bin_width(config.data)
     problem = Problem(
         sde=sde,
         score_fn=score_fn,
-        shape=tuple(test.shape[1:]),
+        shape=datasets.data_shape(config.data),
         target=target,
-        true_samples=test[: b.n_samples],
+        true_samples=test,
         t_start=None if b.sigma_start is None else time_of_noise_level(sde, b.sigma_start),
         eps=b.eps if b.sigma_end is None else time_of_noise_level(sde, b.sigma_end),
         denoise=b.denoise,
