@@ -133,7 +133,7 @@ def test_folder_resizes_the_shorter_side_and_crops_the_centre(tmp_path):
     assert any((v == 90).all() for v in values)
     grey = np.concatenate([_rows(s)[0] for s in datasets.get_split(_data("folder", tmp_path, image_size=4, num_channels=1, test_fraction=0.5))])
     assert grey.shape == (2, 1, 4, 4) and any(np.abs(v.astype(int) - 200).max() <= 1 for v in grey)
-    assert datasets.num_classes(config) == 0 and not datasets.get_split(config)[0].labelled
+    assert datasets.num_classes(config) == 0 and datasets.get_split(config)[0].targets is None
     with pytest.raises(ValueError, match="data set 'folder' has no labels"):
         datasets.get_labels(config)
 
@@ -179,7 +179,7 @@ def test_uint8_arrays_round_trip(tmp_path, rng, layout):
     assert datasets.num_classes(config) == int(labels.max()) + 1
     npy = _data("array", tmp_path / "data.npy", image_size=None, num_channels=channels)
     train, test = datasets.get_split(npy)
-    assert not train.labelled and datasets.num_classes(npy) == 0
+    assert train.targets is None and datasets.num_classes(npy) == 0
     assert _as_set(np.concatenate([_rows(train)[0], _rows(test)[0]]), np.zeros(20)) == _as_set(images, np.zeros(20))
     assert len(pickle.dumps(train)) < 2000
 

@@ -47,10 +47,11 @@ Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
 
 # --- sources: stored values by rows ------------------------------------------------------------------
 class Source(torch.utils.data.Dataset):
-    """One split of a data set: ``len(source)`` points, ``source.rows(indices)`` a ``Batch`` of them.
-    ``__getitems__`` lets a DataLoader with a batch sampler read a whole batch in one call."""
+    """One split of a data set: ``len(source)`` points, ``source.rows(indices)`` a ``Batch`` of them,
+    ``source.targets`` all their labels (None: unlabelled). ``__getitems__`` lets a DataLoader with a
+    batch sampler read a whole batch in one call."""
 
-    labelled: bool = False
+    targets: Optional[torch.Tensor] = None
 
     def rows(self, indices: Sequence[int]) -> Batch:
         raise NotImplementedError
@@ -70,7 +71,7 @@ class ArraySource(Source):
     def __init__(self, values: np.ndarray, labels: Optional[np.ndarray], members: np.ndarray,
                  axis: Optional[int] = 1, path: Optional[str] = None) -> None:
         self._values, self.labels, self.members, self.axis, self.path = values, labels, members, axis, path
-        self.labelled = labels is not None
+        self.targets = None if labels is None else torch.from_numpy(labels[members])
 
     def __len__(self) -> int:
         return len(self.members)
@@ -97,7 +98,7 @@ class FolderSource(Source):
 
     def __init__(self, files: list[str], labels: Optional[np.ndarray], num_channels: int, size: Optional[int]) -> None:
         self.files, self.labels, self.num_channels, self.size = files, labels, num_channels, size
-        self.labelled = labels is not None
+        self.targets = None if labels is None else torch.from_numpy(labels)
 
     def __len__(self) -> int:
         return len(self.files)
@@ -211,6 +212,7 @@ def _load_folder(config: Any) -> tuple[Source, Source]:
     channels = _folder_channels(config)
     size, files, labels = _folder_size(config)
     train, test = _seeded_split(len(files), config)
+
     def split(rows: np.ndarray) -> Source:
         return FolderSource([files[i] for i in rows], None if labels is None else labels[rows], channels, size)
 
@@ -383,10 +385,10 @@ def held_out(data_config: Any, n: Optional[int] = None) -> torch.Tensor:
 def get_labels(data_config: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(train, test) class labels (long) of the points ``get_dataset`` returns, in the same order; a
     data set without labels raises ``ValueError``."""
-    sources = get_split(data_config)
-    if not all(s.labelled for s in sources):
+    train, test = get_split(data_config)
+    if train.targets is None or test.targets is None:
         raise ValueError(f"data set {data_config.dataset!r} has no labels{_where(data_config)}")
-    return tuple(s.rows(range(len(s)))[1] for s in sources)
+    return train.targets, test.targets
 
 
 def _where(data_config: Any) -> str:
