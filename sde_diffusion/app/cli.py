@@ -2,6 +2,9 @@
 with score_sde-style overrides such as ``--config.training.n_iters=2000`` (absl + ml_collections
 ``config_flags``; the config is locked, so a misspelt field is an error).
 
+``--pretrained DIR`` (sample, likelihood, bench) takes a diffusers ``save_pretrained`` directory in place of
+the workdir's checkpoints (``sde_diffusion.app.pretrained``).
+
 ``torchrun --nproc_per_node=N -m sde_diffusion <train|likelihood|bench> ...`` runs the command on N
 processes (``sde_diffusion.core.distributed``): data-parallel training, evaluation split across processes.
 """
@@ -19,6 +22,8 @@ from sde_diffusion.core.registry import Registry
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/vp/ring.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, tensorboard/, samples/, config.json.")
+flags.DEFINE_string("pretrained", None, "sample/likelihood/bench: a diffusers save_pretrained directory to use instead of"
+                    " the workdir's checkpoints (the workdir then only receives the outputs).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 Command = Callable[[ConfigDict, str], None]
@@ -43,7 +48,7 @@ def _sample(config: ConfigDict, workdir: str) -> None:
     """Sample the trained model with ``config.sampling``; writes a PNG and an .npz."""
     from sde_diffusion.app.commands import describe, sample_command
 
-    print(describe(sample_command(config, workdir)))
+    print(describe(sample_command(config, workdir, pretrained=FLAGS.pretrained)))
 
 
 @COMMANDS.register("likelihood")
@@ -51,7 +56,7 @@ def _likelihood(config: ConfigDict, workdir: str) -> None:
     """Test-set log-likelihood of the trained model (``config.eval``)."""
     from sde_diffusion.app.evaluate import likelihood_command
 
-    likelihood_command(config, workdir)
+    likelihood_command(config, workdir, pretrained=FLAGS.pretrained)
 
 
 @COMMANDS.register("bench")
@@ -59,7 +64,7 @@ def _bench(config: ConfigDict, workdir: str) -> None:
     """Sampler benchmark of the trained model (``config.bench``)."""
     from sde_diffusion.app.evaluate import bench_command
 
-    bench_command(config, workdir)
+    bench_command(config, workdir, pretrained=FLAGS.pretrained)
 
 
 def _parse_flags(argv: list[str]) -> list[str]:
@@ -99,6 +104,8 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"usage: python -m sde_diffusion <{'|'.join(COMMANDS.names())}> --config FILE --workdir DIR [--config.a.b=value ...]")
     try:
         config = validate(FLAGS.config, training=argv[1] == "train")
+        if FLAGS.pretrained is not None and argv[1] == "train":
+            raise ValueError("--pretrained is for sample, likelihood and bench; train writes its own checkpoints")
         if distributed.launched() and argv[1] not in MULTI_PROCESS_COMMANDS:
             raise ValueError(f"{argv[1]!r} runs on one process; launch it without torchrun (multi-process: {', '.join(MULTI_PROCESS_COMMANDS)})")
         with distributed.process_group(config.device):

@@ -7,14 +7,16 @@ from typing import Optional
 from ml_collections import ConfigDict
 
 from sde_diffusion.app.build import draw_samples
-from sde_diffusion.app.workdir import load_score_fn, write_samples
+from sde_diffusion.app.pretrained import load_source
+from sde_diffusion.app.workdir import write_samples
 from sde_diffusion.conditioning.guidance import ALL_CLASSES
 
 
-def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None) -> list[str]:
-    """The ``sample`` command: ``config.sampling.n_samples`` samples of the trained run with
-    ``config.sampling``, written to ``workdir/samples/<tag>.{png,npz}``; returns the paths."""
-    sde, score_fn = load_score_fn(config, workdir)
+def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None, pretrained: Optional[str] = None) -> list[str]:
+    """The ``sample`` command: ``config.sampling.n_samples`` samples of the trained run (or of the
+    ``pretrained`` diffusers directory) with ``config.sampling``, written to
+    ``workdir/samples/<tag>.{png,npz}``; returns the paths."""
+    sde, score_fn = load_source(config, workdir, pretrained)
     x, nfe = draw_samples(config, sde, score_fn, config.sampling.n_samples, config.seed, progress=True)
     tag = tag or config.sampling.method
     title = f"{config.sampling.method}, {nfe} NFE"

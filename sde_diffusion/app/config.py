@@ -40,6 +40,7 @@ from sde_diffusion.data import datasets
 from sde_diffusion.evaluation.benchmark import NFE_GRID, TOLERANCES
 from sde_diffusion.training import losses
 from sde_diffusion.training.optim import OPTIMIZERS, SCHEDULES
+from sde_diffusion.training.precision import PRECISIONS
 from solvers.api import GENERAL_FIELDS
 
 #: Fields of ``config.sampling`` besides the per-method groups.
@@ -239,6 +240,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.sample_freq = 2000
     training.n_snapshot_samples = 1000
     training.progress = True
+    training.precision = "fp32"
+    training.compile = False
+    training.channels_last = False
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"
@@ -276,6 +280,13 @@ def get_digits_config() -> ml_collections.ConfigDict:
     config.training.n_snapshot_samples = 16
     config.sampling.n_samples = 64
     return config
+
+
+def cifar10_model_group(**kwargs: Any) -> ml_collections.ConfigDict:
+    """score_sde's DDPM++ CIFAR-10 network: the U-Net on 32×32 RGB with nf = 128, ch_mult (1, 2, 2, 2),
+    4 residual blocks per level, attention at 16×16, dropout 0.1 (kwargs override)."""
+    return model_group("unet", **{"image_size": 32, "num_channels": 3, "nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 4,
+                                  "attn_resolutions": (16,), "dropout": 0.1, **kwargs})
 
 
 # --- validation ------------------------------------------------------------------------------------
@@ -343,6 +354,7 @@ RULES: dict[str, Rule] = {
     "training.keep_checkpoints": _int_at_least(1),
     "training.sample_freq": _int_at_least(0),
     "training.n_snapshot_samples": _int_at_least(1),
+    "training.precision": _one_of(PRECISIONS.names),
     "optim.optimizer": _one_of(OPTIMIZERS.names),
     "optim.lr": POSITIVE,
     "optim.beta1": UNIT,

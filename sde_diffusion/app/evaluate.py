@@ -17,7 +17,7 @@ from typing import Any, Optional
 import ml_collections
 import torch
 
-from sde_diffusion.app.workdir import load_score_fn
+from sde_diffusion.app.pretrained import load_source
 from sde_diffusion.core import distributed
 from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.targets import ring
@@ -121,11 +121,11 @@ def _data_range(data_config: Any) -> tuple[Optional[int], float, float]:
     return round((high - low) / width), low, high
 
 
-def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Test NLL of the trained run in ``workdir`` (``config.eval``); printed and written to
-    ``workdir/eval/likelihood.json``."""
+def likelihood_command(config: ml_collections.ConfigDict, workdir: str, pretrained: Optional[str] = None) -> dict[str, float]:
+    """Test NLL of the trained run in ``workdir``, or of the ``pretrained`` diffusers directory
+    (``config.eval``); printed and written to ``workdir/eval/likelihood.json``."""
 
-    sde, score_fn = load_score_fn(config, workdir)
+    sde, score_fn = load_source(config, workdir, pretrained)
     e = config.eval
     test = datasets.held_out(config.data, e.n_samples).to(config.device)
     levels, low, high = _data_range(config.data)
@@ -143,12 +143,12 @@ def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
 
 # --- benchmark --------------------------------------------------------------------------------------
-def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkResult:
-    """The step-count benchmark on the trained run in ``workdir`` (``config.bench``); the report goes
-    to ``workdir/bench/``. True samples are the test set; the data set's analytic mixture, if it has
-    one, adds the mode, spread and true-density columns."""
+def bench_command(config: ml_collections.ConfigDict, workdir: str, pretrained: Optional[str] = None) -> BenchmarkResult:
+    """The step-count benchmark on the trained run in ``workdir``, or on the ``pretrained`` diffusers
+    directory (``config.bench``); the report goes to ``workdir/bench/``. True samples are the test
+    set; the data set's analytic mixture, if it has one, adds the mode, spread and true-density columns."""
 
-    sde, score_fn = load_score_fn(config, workdir)
+    sde, score_fn = load_source(config, workdir, pretrained)
     b = config.bench
     test = datasets.held_out(config.data, b.n_samples).to(config.device)
     target = ANALYTIC_TARGETS[config.data.dataset]() if config.data.dataset in ANALYTIC_TARGETS else None
@@ -169,7 +169,7 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkR
         fine_scale=b.fine_scale if b.fine_scale is not None else (width or None),
         log_density=_model_log_density(sde, score_fn, config) if b.nll_samples > 0 else None,
         log_density_label="model log-likelihood (PF-ODE)" if b.nll_samples > 0 else "true log-density",
-        name=f"{config.data.dataset}, {config.sde.name}, {os.path.basename(os.path.normpath(workdir))}",
+        name=f"{config.data.dataset}, {sde!r}, {os.path.basename(os.path.normpath(pretrained or workdir))}",
     )
     main = distributed.is_main()
     result = Benchmark(problem, reference_tol=b.reference_tol).sweep(
