@@ -1,4 +1,10 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
+CONFIG_PACKAGES = ["sde_diffusion.configs"] + sorted(
+    "sde_diffusion.configs." + d.name for d in Path(__file__).parent.joinpath("configs").iterdir() if d.is_dir() and d.name != "__pycache__"
+)
 
 setup(
     name="sde-diffusion",
@@ -7,7 +13,9 @@ setup(
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
-    packages=find_packages(include=["sde_diffusion", "sde_diffusion.*", "solvers", "solvers.*"]),
+    packages=find_packages(include=["sde_diffusion", "sde_diffusion.*", "solvers", "solvers.*"]) + CONFIG_PACKAGES,
+    # configs/ ships inside the package as sde_diffusion.configs (found by app.config.resolve_config_path).
+    package_dir={"sde_diffusion.configs": "configs"},
     install_requires=[
         "torch>=2.0",
         "torchdiffeq>=0.2.3",

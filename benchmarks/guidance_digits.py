@@ -26,9 +26,11 @@ import time
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from sde_diffusion.app.commands import ALL_CLASSES, draw_samples, load_score_fn, write_samples
+from sde_diffusion.app.build import draw_samples
 from sde_diffusion.app.config import apply_overrides, load_config, validate
 from sde_diffusion.app.train import train
+from sde_diffusion.app.workdir import load_score_fn, write_samples
+from sde_diffusion.conditioning.guidance import ALL_CLASSES
 from sde_diffusion.data import datasets
 
 CONFIG = os.path.join(os.path.dirname(__file__), "..", "configs", "digits_vp_conditional.py")

@@ -34,9 +34,10 @@ from collections.abc import Callable
 
 import torch
 
-from sde_diffusion.app.commands import build_sde, draw_samples, load_score_fn
+from sde_diffusion.app.build import build_sde, draw_samples
 from sde_diffusion.app.config import apply_overrides, load_config
 from sde_diffusion.app.train import init_state, train, train_step
+from sde_diffusion.app.workdir import load_score_fn
 from sde_diffusion.core.targets import ring
 from sde_diffusion.data import datasets
 from sde_diffusion.evaluation.metrics import energy_distance, energy_noise_floor, mode_weight_tv, sample_tv_bound

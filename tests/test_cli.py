@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from sde_diffusion.app.commands import load_score_fn, write_samples
 from sde_diffusion.app.config import load_config
 from sde_diffusion.app.plotting import image_grid
+from sde_diffusion.app.workdir import load_score_fn, write_samples
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RING = os.path.join(ROOT, "configs", "vp", "ring.py")

@@ -17,7 +17,8 @@ import torch
 from ml_collections import ConfigDict
 
 import solvers
-from sde_diffusion.app.commands import draw_samples, sample_command, sample_labels
+from sde_diffusion.app.build import draw_samples, sample_labels
+from sde_diffusion.app.commands import sample_command
 from sde_diffusion.app.config import apply_overrides, load_config
 from sde_diffusion.app.train import train
 from sde_diffusion.conditioning.classifier import (

@@ -13,13 +13,14 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from sde_diffusion.app import train as train_lib
 from sde_diffusion.app.config import apply_overrides, get_default_config, get_digits_config, model_group, validate
-from sde_diffusion.app.train import NonFiniteLossError, init_state, learning_rate, train
+from sde_diffusion.app.train import NonFiniteLossError, init_state, train
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import ring
 from sde_diffusion.models import get_score_fn
 from sde_diffusion.training import losses
 from sde_diffusion.training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
 from sde_diffusion.training.ema import EMA
+from sde_diffusion.training.optim import learning_rate
 
 
 def _tiny(config: ConfigDict, **overrides) -> ConfigDict:

@@ -98,7 +98,7 @@ def main(argv: list[str]) -> None:
     if len(argv) != 2 or argv[1] not in COMMANDS:
         raise app.UsageError(f"usage: python -m sde_diffusion <{'|'.join(COMMANDS.names())}> --config FILE --workdir DIR [--config.a.b=value ...]")
     try:
-        config = validate(FLAGS.config)
+        config = validate(FLAGS.config, training=argv[1] == "train")
         if distributed.launched() and argv[1] not in MULTI_PROCESS_COMMANDS:
             raise ValueError(f"{argv[1]!r} runs on one process; launch it without torchrun (multi-process: {', '.join(MULTI_PROCESS_COMMANDS)})")
         with distributed.process_group(config.device):

@@ -19,11 +19,13 @@ outside its range raises ``ValueError`` naming the dotted path and what is allow
 from __future__ import annotations
 
 import copy
+import importlib.resources
 import importlib.util
 import inspect
 import math
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any, Optional
 
 import ml_collections
@@ -32,12 +34,12 @@ from ml_collections.config_dict import placeholder
 
 import solvers
 from sde_diffusion import models
-from sde_diffusion.app import evaluate
-from sde_diffusion.app.commands import ALL_CLASSES
-from sde_diffusion.app.train import OPTIMIZERS, SCHEDULES
+from sde_diffusion.conditioning.guidance import ALL_CLASSES
 from sde_diffusion.core.sde_lib import SDES, sde_from_config
 from sde_diffusion.data import datasets
+from sde_diffusion.evaluation.benchmark import NFE_GRID, TOLERANCES
 from sde_diffusion.training import losses
+from sde_diffusion.training.optim import OPTIMIZERS, SCHEDULES
 from solvers.api import GENERAL_FIELDS
 
 #: Fields of ``config.sampling`` besides the per-method groups.
@@ -127,15 +129,71 @@ def sampling_group(
 
 
 # --- the default config ----------------------------------------------------------------------------
+def eval_config() -> ml_collections.ConfigDict:
+    """``config.eval``: the ``likelihood`` command's settings.
+
+    batch_size, n_samples: test points per ODE solve, and how many test points (the first ones);
+    trace, n_probes, probe, rtol, atol, method, eps: ``likelihood.log_likelihood``'s arguments;
+    dequant_repeats: dequantisation draws per test point of quantised data (averaged per point);
+    elbo: also report the DDPM bound (SDEs with a DDPM chain); elbo_terms: its diffusion terms per
+      sample (None: all N, exact sum; m: unbiased Monte-Carlo estimate from m terms).
+    """
+    return ml_collections.ConfigDict(
+        {
+            "batch_size": 500,
+            "n_samples": 2000,
+            "trace": "exact",
+            "n_probes": 1,
+            "probe": "rademacher",
+            "rtol": 1e-5,
+            "atol": 1e-5,
+            "method": "dopri5",
+            "eps": 1e-5,
+            "dequant_repeats": 1,
+            "elbo": False,
+            "elbo_terms": placeholder(int),
+        }
+    )
+
+
+def bench_config() -> ml_collections.ConfigDict:
+    """``config.bench``: the ``bench`` command's settings.
+
+    methods: method specs (``"name"`` or ``"name:key=value,..."``; empty: all registered methods);
+    nfe_grid, tolerances: the fixed-step and adaptive sweeps; n_samples: samples per row;
+    sigma_start, sigma_end: the interval as noise levels σ/α (None: from T, and to ``eps``);
+    eps: end time when sigma_end is None (None: the SDE's default); denoise: final Tweedie step;
+    fine_scale: the data's finest scale for the noise-level warning (None: the analytic target's, or
+      the bin width of quantised data); reference_tol: tolerance of the reference PF-ODE solution
+      (1e-6: a float32 network's round-off stops tighter tolerances from converging);
+    nll_samples: samples per row whose model log-likelihood is reported (0: off; each costs an ODE
+      solve with ``config.eval``'s settings).
+    """
+    return ml_collections.ConfigDict(
+        {
+            "methods": (),
+            "nfe_grid": NFE_GRID,
+            "tolerances": TOLERANCES,
+            "n_samples": 4000,
+            "sigma_start": placeholder(float),
+            "sigma_end": placeholder(float),
+            "eps": placeholder(float),
+            "denoise": True,
+            "fine_scale": placeholder(float),
+            "reference_tol": 1e-6,
+            "nll_samples": 0,
+        }
+    )
+
+
+# --- likelihood -------------------------------------------------------------------------------------
+
+
 def get_default_config() -> ml_collections.ConfigDict:
     """Defaults for every group: a VP SDE and a residual MLP on the 2-D ring, trained on the CPU,
-    sampled by predictor–corrector. The MLP (2 blocks of 128, sinusoidal noise-level features), the
+    sampled by predictor–corrector: an MLP of 2 blocks of 128 with sinusoidal noise-level features, the
     stable-target loss 'stf' with the batch of 1024 as its own reference, lr 8e-3 decayed to 0 by a
-    cosine over the run's 4500 steps (under 2 minutes on 2 CPU cores) was the best of the sizes,
-    batches, rates, schedules and losses tried for a 2-minute CPU budget (benchmarks/train_quality.py):
-    with plain DSM the models of some training seeds misplace about 1% of the mass between the modes,
-    which tripled the PC samples' energy distance; without the decay the probability-flow samples'
-    doubled."""
+    cosine over 4500 steps (the README's training section says how this recipe was chosen)."""
     config = ml_collections.ConfigDict()
     config.seed = 42
     config.device = "cpu"
@@ -184,8 +242,8 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     config.sampling = sampling_group("pc", n_samples=2000)
 
-    config.eval = evaluate.eval_config()
-    config.bench = evaluate.bench_config()
+    config.eval = eval_config()
+    config.bench = bench_config()
     return config
 
 
@@ -292,16 +350,17 @@ RULES: dict[str, Rule] = {
 }
 
 
-def validate(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+def validate(config: ml_collections.ConfigDict, *, training: bool = True) -> ml_collections.ConfigDict:
     """Check ``config`` against the schema; return it unchanged or raise ``ValueError`` naming the
-    first bad field (its dotted path) and what is allowed there."""
+    first bad field (its dotted path) and what is allowed there. ``training=False`` (the commands that
+    only read a trained run) skips building the training loss to check its coupling with the SDE."""
     _check_fields(config, get_default_config(), "")
     for path, rule in RULES.items():
         value = _get(config, path)
         allowed = rule(value)
         if allowed is not None:
             raise ValueError(f"bad value {value!r} for config.{path}; allowed: {allowed}")
-    _check_generated(config)
+    _check_generated(config, training)
     return config
 
 
@@ -336,7 +395,7 @@ def _check_type(value: Any, expected: type, path: str) -> None:
         raise ValueError(f"config.{path} must be of type {expected.__name__}, got {value!r}")
 
 
-def _check_generated(config: ml_collections.ConfigDict) -> None:
+def _check_generated(config: ml_collections.ConfigDict, training: bool) -> None:
     """``sde``, ``model`` and ``sampling`` against the registries they are generated from, and the
     couplings between groups (the loss and the SDE, the data and the network)."""
     _check_fields(config.sde, sde_group(config.sde.name), "sde.")
@@ -344,9 +403,10 @@ def _check_generated(config: ml_collections.ConfigDict) -> None:
     _check_fields(config.sampling, sampling_group(config.sampling.method), "sampling.")
     for name, spec in solvers.available().items():
         _check_fields(config.sampling[name], _group(spec["options"]), f"sampling.{name}.")
-    for group, build in (("sde", lambda: sde_from_config(config.sde)),
-                         ("training", lambda: losses.get_loss_fn(sde_from_config(config.sde), config.training)),
-                         ("data", lambda: datasets.get_dequantizer(config.data))):
+    builds = {"sde": lambda: sde_from_config(config.sde), "data": lambda: datasets.get_dequantizer(config.data)}
+    if training:
+        builds["training"] = lambda: losses.get_loss_fn(sde_from_config(config.sde), config.training)
+    for group, build in builds.items():
         try:
             build()
         except ValueError as err:
@@ -411,10 +471,27 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, A
     return config
 
 
+def resolve_config_path(path: str) -> str:
+    """``path`` if it is a file, else the config of that name shipped with the package: the repository's
+    ``configs/`` is installed as ``sde_diffusion.configs``, so ``configs/vp/digits.py`` (or
+    ``vp/digits.py``) also works from an installed package or from another directory."""
+    if os.path.isfile(path):
+        return path
+    name = path.removeprefix("configs/")
+    checkout = Path(__file__).resolve().parents[2] / "configs"
+    try:
+        shipped = importlib.resources.files("sde_diffusion.configs")
+    except ModuleNotFoundError:
+        shipped = checkout
+    for root in (shipped, checkout):
+        if root.joinpath(name).is_file():
+            return str(root.joinpath(name))
+    raise ValueError(f"config file {path!r} does not exist (nor does a shipped config {name!r})")
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
     """Run the config file's ``get_config()`` (no validation)."""
-    if not os.path.isfile(path):
-        raise ValueError(f"config file {path!r} does not exist")
+    path = resolve_config_path(path)
     spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(os.path.abspath(path)))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

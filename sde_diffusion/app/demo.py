@@ -14,7 +14,7 @@ from sde_diffusion.app.commands import describe, sample_command
 from sde_diffusion.app.config import apply_overrides, load_config
 from sde_diffusion.app.train import train
 
-CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "vp", "digits.py")
+CONFIG = "configs/vp/digits.py"
 
 #: The two samplers the demo compares, as overrides of the config: its predictor–corrector sampler
 #: (Euler–Maruyama + Langevin, 250 steps) and the probability-flow ODE (dopri5 at the config's tolerance).

@@ -16,14 +16,15 @@ from typing import Any, Optional
 
 import ml_collections
 import torch
-from ml_collections.config_dict import placeholder
 
+from sde_diffusion.app.workdir import load_score_fn
 from sde_diffusion.core import distributed
 from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.targets import ring
+from sde_diffusion.core.types import ScoreFn
+from sde_diffusion.data import datasets
+from sde_diffusion.data.datasets import dequantize
 from sde_diffusion.evaluation.benchmark import (
-    NFE_GRID,
-    TOLERANCES,
     Benchmark,
     BenchmarkResult,
     Problem,
@@ -32,70 +33,11 @@ from sde_diffusion.evaluation.benchmark import (
 )
 from sde_diffusion.evaluation.elbo import vlb
 from sde_diffusion.evaluation.likelihood import bits_per_dim, log_likelihood
-from solvers.common import ScoreFn
 
 #: Toy data sets that are analytic mixtures: the benchmark adds mode, spread and true-density columns.
 ANALYTIC_TARGETS = {"ring": ring}
 
 
-def eval_config() -> ml_collections.ConfigDict:
-    """``config.eval``: the ``likelihood`` command's settings.
-
-    batch_size, n_samples: test points per ODE solve, and how many test points (the first ones);
-    trace, n_probes, probe, rtol, atol, method, eps: ``likelihood.log_likelihood``'s arguments;
-    dequant_repeats: dequantisation draws per test point of quantised data (averaged per point);
-    elbo: also report the DDPM bound (SDEs with a DDPM chain); elbo_terms: its diffusion terms per
-      sample (None: all N, exact sum; m: unbiased Monte-Carlo estimate from m terms).
-    """
-    return ml_collections.ConfigDict(
-        {
-            "batch_size": 500,
-            "n_samples": 2000,
-            "trace": "exact",
-            "n_probes": 1,
-            "probe": "rademacher",
-            "rtol": 1e-5,
-            "atol": 1e-5,
-            "method": "dopri5",
-            "eps": 1e-5,
-            "dequant_repeats": 1,
-            "elbo": False,
-            "elbo_terms": placeholder(int),
-        }
-    )
-
-
-def bench_config() -> ml_collections.ConfigDict:
-    """``config.bench``: the ``bench`` command's settings.
-
-    methods: method specs (``"name"`` or ``"name:key=value,..."``; empty: all registered methods);
-    nfe_grid, tolerances: the fixed-step and adaptive sweeps; n_samples: samples per row;
-    sigma_start, sigma_end: the interval as noise levels σ/α (None: from T, and to ``eps``);
-    eps: end time when sigma_end is None (None: the SDE's default); denoise: final Tweedie step;
-    fine_scale: the data's finest scale for the noise-level warning (None: the analytic target's, or
-      the bin width of quantised data); reference_tol: tolerance of the reference PF-ODE solution
-      (1e-6: a float32 network's round-off stops tighter tolerances from converging);
-    nll_samples: samples per row whose model log-likelihood is reported (0: off; each costs an ODE
-      solve with ``config.eval``'s settings).
-    """
-    return ml_collections.ConfigDict(
-        {
-            "methods": (),
-            "nfe_grid": NFE_GRID,
-            "tolerances": TOLERANCES,
-            "n_samples": 4000,
-            "sigma_start": placeholder(float),
-            "sigma_end": placeholder(float),
-            "eps": placeholder(float),
-            "denoise": True,
-            "fine_scale": placeholder(float),
-            "reference_tol": 1e-6,
-            "nll_samples": 0,
-        }
-    )
-
-
-# --- likelihood -------------------------------------------------------------------------------------
 def evaluate_likelihood(
     sde: LinearSDE,
     score_fn: ScoreFn,
@@ -124,7 +66,6 @@ def evaluate_likelihood(
     with its own seed (``distributed.rank_seed``); the per-point values are gathered after every
     process's last solve, and every process returns the report of all points.
     """
-    from sde_diffusion.data.datasets import dequantize
 
     g = torch.Generator(device=data.device).manual_seed(distributed.rank_seed(seed))
     dim = data[0].numel()
@@ -171,7 +112,6 @@ def format_likelihood(report: dict[str, float]) -> str:
 
 def _data_range(data_config: Any) -> tuple[Optional[int], float, float]:
     """(K, low, high) of quantised data in model space, (None, 0, 1) for continuous data."""
-    from sde_diffusion.data import datasets
 
     width = datasets.bin_width(data_config)
     if width == 0.0:
@@ -184,8 +124,6 @@ def _data_range(data_config: Any) -> tuple[Optional[int], float, float]:
 def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
     """Test NLL of the trained run in ``workdir`` (``config.eval``); printed and written to
     ``workdir/eval/likelihood.json``."""
-    from sde_diffusion.app.commands import load_score_fn
-    from sde_diffusion.data import datasets
 
     sde, score_fn = load_score_fn(config, workdir)
     e = config.eval
@@ -209,8 +147,6 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkR
     """The step-count benchmark on the trained run in ``workdir`` (``config.bench``); the report goes
     to ``workdir/bench/``. True samples are the test set; the data set's analytic mixture, if it has
     one, adds the mode, spread and true-density columns."""
-    from sde_diffusion.app.commands import load_score_fn
-    from sde_diffusion.data import datasets
 
     sde, score_fn = load_score_fn(config, workdir)
     b = config.bench

@@ -25,7 +25,6 @@ import json
 import math
 import os
 import random
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -37,61 +36,15 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
 from sde_diffusion import models
-from sde_diffusion.app.commands import (
-    build_model,
-    build_sde,
-    check_compatible,
-    checkpoint_dir,
-    draw_samples,
-    latest_state,
-    write_samples,
-)
+from sde_diffusion.app.build import build_model, build_sde, draw_samples
 from sde_diffusion.app.plotting import image_grid, scatter_figure
+from sde_diffusion.app.workdir import check_compatible, checkpoint_dir, latest_state, write_samples
 from sde_diffusion.core import distributed
-from sde_diffusion.core.registry import Registry
 from sde_diffusion.data import datasets
 from sde_diffusion.training import losses
 from sde_diffusion.training.checkpoints import latest_checkpoint, save_checkpoint
 from sde_diffusion.training.ema import EMA
-
-OptimizerFactory = Callable[[Iterable[nn.Parameter], ConfigDict], torch.optim.Optimizer]
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
-
-
-@OPTIMIZERS.register("adam")
-def adam(params: Iterable[nn.Parameter], optim: ConfigDict) -> torch.optim.Optimizer:
-    """Adam (Kingma & Ba 2015) with L2 weight decay added to the gradient, as score_sde."""
-    return torch.optim.Adam(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay)
-
-
-@OPTIMIZERS.register("adamw")
-def adamw(params: Iterable[nn.Parameter], optim: ConfigDict) -> torch.optim.Optimizer:
-    """AdamW (Loshchilov & Hutter 2019): decoupled weight decay."""
-    return torch.optim.AdamW(params, lr=optim.lr, betas=(optim.beta1, optim.beta2), eps=optim.eps, weight_decay=optim.weight_decay)
-
-
-#: Decay factors d(p) of the learning rate at the fraction p = n / n_iters of the run.
-SCHEDULES: Registry[Callable[[float], float]] = Registry("learning-rate schedule")
-
-
-@SCHEDULES.register("constant")
-def constant_schedule(p: float) -> float:
-    """d(p) = 1 (score_sde)."""
-    return 1.0
-
-
-@SCHEDULES.register("cosine")
-def cosine_schedule(p: float) -> float:
-    """d(p) = ½ (1 + cos(π min(p, 1))): from 1 to 0 at the end of the run (Loshchilov & Hutter 2017,
-    without restarts)."""
-    return 0.5 * (1.0 + math.cos(math.pi * min(p, 1.0)))
-
-
-def learning_rate(step: int, optim: ConfigDict, n_iters: int) -> float:
-    """η_n = lr · min(1, n / warmup) · d(n / n_iters) for optimiser step n >= 1 of a run of ``n_iters``
-    steps, d = ``SCHEDULES[optim.schedule]``; no warm-up when warmup = 0."""
-    warmup = min(1.0, step / optim.warmup) if optim.warmup > 0 else 1.0
-    return optim.lr * warmup * SCHEDULES.get(optim.schedule)(step / n_iters)
+from sde_diffusion.training.optim import OPTIMIZERS, learning_rate
 
 
 class NonFiniteLossError(RuntimeError):

@@ -38,6 +38,9 @@ from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.utils import batch_time
 from sde_diffusion.models.embeddings import NULL_LABEL
 
+#: A sampling label asking for every class in turn, ``n // C`` samples each (one grid row per class).
+ALL_CLASSES = -1
+
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 ConditionalScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Labels = Union[int, torch.Tensor]

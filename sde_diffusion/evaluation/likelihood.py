@@ -9,8 +9,8 @@ thm. 1; Song et al. 2021, eq. 39)
 ``log_likelihood`` integrates the state [x, Δlog p] from eps to T with torchdiffeq. The divergence is
 exact (a sum of d vector-Jacobian products, for small d) or Hutchinson–Skilling's estimate
 E_v[vᵀ (∂f̃/∂x) v] with probes v drawn once and held fixed along the trajectory (FFJORD, Grathwohl
-et al. 2019, eq. 7; score_sde issue #10: fresh probes per call would stop an adaptive solver from
-converging), averaged over ``n_probes``.
+et al. 2019, eq. 7: fresh probes per call would make the right-hand side random and stop an adaptive
+solver from converging), averaged over ``n_probes``.
 """
 from __future__ import annotations
 

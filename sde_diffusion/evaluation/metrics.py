@@ -7,9 +7,6 @@ of the E|X-X'| term), so "within k× the noise floor" is a meaningful, positive 
 """
 from __future__ import annotations
 
-import math
-from typing import Optional
-
 import torch
 
 from sde_diffusion.core.mixtures import GaussianMixture
@@ -36,20 +33,6 @@ def energy_noise_floor(samples: torch.Tensor, n: int, m: int) -> float:
     s = samples.reshape(samples.shape[0], -1).to(torch.float64)
     half = s.shape[0] // 2
     return float(_mean_pairwise_distance(s[:half], s[half:])) * (1.0 / n + 1.0 / m)
-
-
-def sliced_wasserstein(x: torch.Tensor, y: torch.Tensor, n_projections: int = 128, seed: int = 0) -> float:
-    """Sliced 1-Wasserstein distance over random unit directions (equal sample sizes)."""
-    if x.shape[0] != y.shape[0]:
-        raise ValueError(f"sliced_wasserstein needs equal sample sizes, got {x.shape[0]} and {y.shape[0]}")
-    x = x.reshape(x.shape[0], -1).to(torch.float64)
-    y = y.reshape(y.shape[0], -1).to(torch.float64)
-    g = torch.Generator().manual_seed(seed)
-    dirs = torch.randn(x.shape[1], n_projections, generator=g, dtype=torch.float64)
-    dirs = dirs / dirs.norm(dim=0, keepdim=True)
-    px, _ = torch.sort(x @ dirs, dim=0)
-    py, _ = torch.sort(y @ dirs, dim=0)
-    return float((px - py).abs().mean())
 
 
 def mode_weights(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
@@ -90,11 +73,6 @@ def off_manifold_fraction(mixture: GaussianMixture, x: torch.Tensor, n_std: floa
     return float((nearest > n_std).to(torch.float64).mean())
 
 
-def mean_log_density(mixture: GaussianMixture, x: torch.Tensor) -> float:
-    """Mean true log-density of the samples (nats)."""
-    return float(mixture.log_prob(x).mean())
-
-
 def distance_to_reference(x: torch.Tensor, reference: torch.Tensor) -> dict[str, float]:
     """Median and RMS per-sample Euclidean distance between matched samples."""
     d = (x.reshape(x.shape[0], -1).to(torch.float64) - reference.reshape(reference.shape[0], -1).to(torch.float64)).norm(dim=1)
@@ -106,25 +84,7 @@ def mode_switch_fraction(mixture: GaussianMixture, x: torch.Tensor, reference: t
     return float((mixture.assign(x) != mixture.assign(reference)).to(torch.float64).mean())
 
 
-def binomial_tolerance(p: float, n: int, z: float = 4.0) -> float:
-    """z standard errors of an empirical frequency with true probability p from n samples."""
-    return z * math.sqrt(p * (1 - p) / n)
-
-
 def sample_tv_bound(mixture: GaussianMixture, n: int, z: float = 4.0) -> float:
     """A z-sigma bound on the mode-weight TV of n exact samples: ½ Σ_k z √(w_k (1-w_k) / n)."""
     w = mixture.weights
     return float(0.5 * z * torch.sqrt(w * (1 - w) / n).sum())
-
-
-def summarize(mixture: GaussianMixture, x: torch.Tensor, true_samples: Optional[torch.Tensor] = None) -> dict[str, float]:
-    """The standard quality row for samples of an analytic mixture."""
-    out = {
-        "mode_tv": mode_weight_tv(mixture, x),
-        "spread": spread_ratio(mixture, x),
-        "off_manifold": off_manifold_fraction(mixture, x),
-        "mean_logp": mean_log_density(mixture, x),
-    }
-    if true_samples is not None:
-        out["energy"] = energy_distance(x, true_samples)
-    return out
