@@ -192,9 +192,11 @@ def load_or_train_feature_net(
 
 
 def feature_fn(net: FeatureNet, batch_size: int = 1000) -> FeatureFn:
-    """``images -> net.features(images)`` in batches."""
+    """``images -> net.features(images)`` in batches, images cast to the network's dtype and device."""
+    weight = next(net.parameters())
 
     def features(x: torch.Tensor) -> torch.Tensor:
+        x = x.to(dtype=weight.dtype, device=weight.device)
         with torch.no_grad():
             return torch.cat([net.features(x[s : s + batch_size]) for s in range(0, x.shape[0], batch_size)])
 
