@@ -20,8 +20,8 @@ PLOTS = (
     ("energy", "energy distance to true samples", None),
     ("mode_tv", "mode-weight TV", None),
     ("spread", "per-mode spread ratio (1 is exact)", (0.25, 4.0)),
-    ("fd", "Fréchet distance (classifier features)", None),
-    ("kid", "KID (classifier features)", None),
+    ("fd", "Fréchet distance ({features} features)", None),
+    ("kid", "KID ({features} features)", None),
 )
 MARKERS = "os^vD<>ph*"
 #: Up to this many distinct NFE values, each is a labelled tick.
@@ -81,7 +81,7 @@ def plot_quality(result: BenchmarkResult, path: str) -> str:
             ax.xaxis.set_minor_formatter(plt.NullFormatter())
         if ylim is not None:
             ax.set_ylim(*ylim)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title.format(features=result.problem.get("features_network", "")), fontsize=10)
         ax.set_xlabel("NFE")
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
