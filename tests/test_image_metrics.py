@@ -250,3 +250,18 @@ def test_step_count_benchmark_scores_images_by_fd_and_kid(digits_metrics, tmp_pa
         table = fh.read()
     assert "| fd | kid | kid_se |" in table and "fd_floor" in table
     assert os.path.getsize(paths["plot"]) > 0
+
+
+def test_quantizer_rounds_to_the_stored_grey_levels():
+    """Samples are scored as the data are stored: each value goes to the centre of its grey level's bin
+    (17 levels of width 2/17 in (-1, 1)), values outside the range to the end levels; the data are
+    fixed points; continuous data have no quantizer."""
+    quantize = datasets.get_quantizer(DIGITS)
+    train, _ = datasets.get_dataset(DIGITS)
+    assert torch.equal(quantize(train), train)
+    width = datasets.bin_width(DIGITS)
+    centres = -1 + (torch.arange(17) + 0.5) * width
+    x = torch.tensor([-1.5, -1.0, centres[3] + 0.49 * width, centres[3] - 0.49 * width, 0.999, 3.0])
+    expected = torch.stack([centres[0], centres[0], centres[3], centres[3], centres[16], centres[16]])
+    assert torch.allclose(quantize(x), expected, atol=1e-6)
+    assert datasets.get_quantizer(SimpleNamespace(dataset="ring")) is None
