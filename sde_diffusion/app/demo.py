@@ -49,7 +49,7 @@ class Plan:
     fast_steps: int = 9
     nll_points: Optional[int] = None
     elbo_terms: int = 100
-    nll_tol: float = 1e-4
+    nll_tol: float = 1e-3
     bench_methods: tuple[str, ...] = ("dpm_solver_pp", "unipc", "heun", "ddim", "euler_maruyama")
     bench_nfe: tuple[int, ...] = (5, 10, 20, 50)
     bench_samples: int = 500
@@ -165,15 +165,15 @@ def write_report(workdir: str, facts: dict[str, Any]) -> str:
         "",
         "## Test-set likelihood",
         "",
-        "| estimate | nats | bits/dim | NFE |",
-        "|---|---|---|---|",
-        f"| NLL through the probability-flow ODE (Hutchinson trace, dequantised) | {nll['nll']:.2f} ± {nll['nll_se']:.2f} | "
-        f"{nll['bpd']:.3f} ± {nll['bpd_se']:.3f} | {nll['nfe']:.0f} |",
-        f"| DDPM bound (ELBO, {facts['elbo_terms']} Monte-Carlo terms) | {nll['elbo_nll']:.2f} ± {nll['elbo_nll_se']:.2f} | "
-        f"{nll['elbo_bpd']:.3f} ± {nll['elbo_bpd_se']:.3f} | {facts['elbo_terms']} |",
+        "| estimate | bits/dim | NFE |",
+        "|---|---|---|",
+        f"| NLL through the probability-flow ODE (uniform dequantisation, Hutchinson trace) | {nll['bpd']:.3f} ± {nll['bpd_se']:.3f} | {nll['nfe']:.0f} |",
+        f"| DDPM bound (ELBO, {facts['elbo_terms']} Monte-Carlo terms of the 1000-step chain) | {nll['elbo_bpd']:.3f} ± {nll['elbo_bpd_se']:.3f} | {facts['elbo_terms']} |",
         "",
-        f"Over all {nll['n']} test images (D = {nll['dim']}), of the 17-level digits, ± one standard error over images. "
-        "The bound is an upper bound on the same discrete NLL; the ODE value is an estimate of it.",
+        f"Both in bits per dimension of the discrete 17-level pixels, over all {nll['n']} test images (D = {nll['dim']}), "
+        "± one standard error over images (it includes the Monte-Carlo noise of the trace and of the bound's terms). "
+        "Both are upper bounds on the model's discrete NLL (the ODE one through the dequantised density, Theis et al. 2016); "
+        "the lower is the tighter.",
         "",
         "## Step-count benchmark",
         "",
