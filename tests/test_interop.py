@@ -437,5 +437,5 @@ def test_saved_pipeline_samples_and_gets_a_likelihood_through_the_cli(tmp_path):
     stdout = cli("likelihood", "--config.eval.n_samples=4", "--config.eval.batch_size=4", "--config.eval.trace=hutchinson",
                  "--config.eval.rtol=1e-2", "--config.eval.atol=1e-2")
     assert "eval.eps raised from 1e-05 to 0.02" in stdout
-    report = json.loads((tmp_path / "out" / "eval" / "likelihood.json").read_text())
+    report = json.loads((tmp_path / "out" / "eval" / "likelihood_digits.json").read_text())
     assert report["n"] == 4 and math.isfinite(report["bpd"]) and report["nfe"] > 0

@@ -9,13 +9,13 @@ The workdir only receives the outputs.
 """
 from __future__ import annotations
 
+import os
 from typing import Optional
 
 from ml_collections import ConfigDict
 
-from sde_diffusion.app.workdir import load_score_fn
+from sde_diffusion.app.workdir import TrainedRun, load_run
 from sde_diffusion.core.sde_lib import LinearSDE
-from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.interop import from_diffusers
 
 
@@ -38,12 +38,13 @@ def adapt_config(config: ConfigDict, sde: LinearSDE, sample_shape: tuple[int, ..
     return notes
 
 
-def load_source(config: ConfigDict, workdir: str, pretrained: Optional[str]) -> tuple[LinearSDE, ScoreFn]:
-    """``(sde, score_fn)`` of the trained run in ``workdir``, or of the ``pretrained`` directory (on
-    ``config.device``, with ``config`` adapted to it by ``adapt_config``)."""
+def load_source(config: ConfigDict, workdir: str, pretrained: Optional[str]) -> TrainedRun:
+    """The trained run in ``workdir`` (``workdir.load_run``), or the ``pretrained`` directory's model
+    (on ``config.device``, with ``config`` adapted to it by ``adapt_config``; no step or training data
+    set to record)."""
     if pretrained is None:
-        return load_score_fn(config, workdir)
+        return load_run(config, workdir)
     sde, score_fn = from_diffusers(pretrained, device=config.device)
     for note in adapt_config(config, sde, score_fn.sample_shape, score_fn.data_range):
         print(note)
-    return sde, score_fn
+    return TrainedRun(sde, score_fn, os.path.abspath(pretrained), None, None)
