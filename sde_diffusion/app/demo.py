@@ -156,7 +156,8 @@ def write_report(workdir: str, facts: dict[str, Any]) -> str:
         "",
         f"A VP-SDE score model (U-Net, {facts['parameters'] / 1e6:.2f} M parameters) trained for {facts['steps']} steps on "
         f"scikit-learn's 8×8 digits ({facts['n_train']} training, {facts['n_test']} test images), config `{CONFIG}`, "
-        f"on the CPU ({facts['threads']} threads), in {facts['seconds']['train']:.0f} s.",
+        f"on the CPU ({facts['threads']} threads); training took {facts['seconds']['train']:.0f} s in this run (a run already "
+        "trained in the workdir is reused).",
         "",
         "## Samples",
         "",
