@@ -196,7 +196,12 @@ def bench_config() -> ml_collections.ConfigDict:
       the bin width of quantised data); reference_tol: tolerance of the reference PF-ODE solution
       (1e-6: a float32 network's round-off stops tighter tolerances from converging);
     nll_samples: samples per row whose model log-likelihood is reported (0: off; each costs an ODE
-      solve with ``config.eval``'s settings).
+      solve with ``config.eval``'s settings); reference_tol None: no reference solution and no
+      distance columns;
+    image_metrics: FD and KID against the test set for labelled image data, on the features of a
+      classifier trained on the training split (cached in ``<workdir>/eval/``), or on the FID
+      Inception-v3 when inception_weights names its weights file (torch-fidelity's
+      ``weights-inception-2015-12-05-6726825d.pth``; never downloaded).
     """
     return ml_collections.ConfigDict(
         {
@@ -211,6 +216,8 @@ def bench_config() -> ml_collections.ConfigDict:
             "fine_scale": placeholder(float),
             "reference_tol": 1e-6,
             "nll_samples": 0,
+            "image_metrics": True,
+            "inception_weights": placeholder(str),
         }
     )
 

@@ -408,6 +408,17 @@ def dequantize(batch: torch.Tensor, width: float, generator: Optional[torch.Gene
     return batch + (u - 0.5) * width
 
 
+def get_quantizer(data_config: Any) -> Optional[Callable[[torch.Tensor], torch.Tensor]]:
+    """The map from model space to the nearest stored value, x ↦ scaler((clip(⌊K y⌋, 0, K-1) + ½)/K)
+    with y the value in [0, 1] (the centre of its grey level's bin, as the data are stored); None
+    for the continuous toy sets."""
+    K = _levels(data_config)
+    if K is None:
+        return None
+    scaler, inverse = get_scaler(data_config), get_inverse_scaler(data_config)
+    return lambda x: scaler((torch.floor(inverse(x) * K).clamp(0, K - 1) + 0.5) / K)
+
+
 def get_dequantizer(data_config: Any) -> Optional[Dequantizer]:
     """``dequantize`` with this data set's bin width if ``uniform_dequantization`` is on, else None.
     Raises ValueError for continuous data, which have no bins."""
