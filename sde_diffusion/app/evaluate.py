@@ -241,12 +241,13 @@ def build_image_metrics(config: ml_collections.ConfigDict, workdir: str, log: Op
         inverse = datasets.get_inverse_scaler(config.data)
         info = {"network": "FID Inception-v3", "layer": "pool3 (2048)", "weights": b.inception_weights}
         return ImageMetrics(inception_features(b.inception_weights, device=config.device), test, preprocess=lambda x: inverse(quantize(x)), info=info)
-    if config.data.dataset not in datasets.NUM_CLASSES:
+    num_classes = datasets.num_classes(config.data)
+    if not num_classes:
         return None
     train_labels, test_labels = datasets.get_labels(config.data)
     path = os.path.join(workdir, "eval", "feature_classifier.pt") if distributed.is_main() else None
     net, info = load_or_train_feature_net(
-        path, train, train_labels, test, test_labels, num_classes=datasets.NUM_CLASSES[config.data.dataset],
+        path, train, train_labels, test, test_labels, num_classes=num_classes,
         settings=FeatureNetSettings(jitter=datasets.bin_width(config.data)), log=log,
     )
     return ImageMetrics(feature_fn(net), test, preprocess=quantize, info=info)

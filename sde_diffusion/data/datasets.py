@@ -412,7 +412,7 @@ def get_quantizer(data_config: Any) -> Optional[Callable[[torch.Tensor], torch.T
     """The map from model space to the nearest stored value, x ↦ scaler((clip(⌊K y⌋, 0, K-1) + ½)/K)
     with y the value in [0, 1] (the centre of its grey level's bin, as the data are stored); None
     for the continuous toy sets."""
-    K = _levels(data_config)
+    K = levels(data_config)
     if K is None:
         return None
     scaler, inverse = get_scaler(data_config), get_inverse_scaler(data_config)
