@@ -68,6 +68,9 @@ class Row:
     spread: Optional[float] = None
     off_manifold: Optional[float] = None
     mean_logp: Optional[float] = None
+    fd: Optional[float] = None
+    kid: Optional[float] = None
+    kid_se: Optional[float] = None
 
 
 @dataclass
@@ -124,10 +127,11 @@ def is_adaptive(spec: str) -> bool:
 
 class Benchmark:
     """A problem with its matched latents, reference solution and true samples (each computed once
-    on first use), and the runs over it."""
+    on first use), and the runs over it. ``reference_tol`` None skips the reference solution and
+    with it the distance columns (a trained image model's reference costs hundreds of NFE)."""
 
     def __init__(
-        self, problem: Problem, *, reference_tol: float = 1e-10, reference_method: str = "dopri5", max_nfe: int = MAX_NFE
+        self, problem: Problem, *, reference_tol: Optional[float] = 1e-10, reference_method: str = "dopri5", max_nfe: int = MAX_NFE
     ) -> None:
         self.problem = problem
         self.max_nfe = max_nfe
@@ -217,7 +221,8 @@ class Benchmark:
             x,
             target=p.target,
             true_samples=self.true_samples,
-            reference=self.reference if deterministic else None,
+            reference=self.reference if deterministic and self.reference_tol is not None else None,
+            image_metrics=p.image_metrics,
             log_density=p.log_density,
         )
         setting = f"tol={tol:g}" if tol is not None else f"steps={steps}"
@@ -282,6 +287,10 @@ class Benchmark:
             out["energy_noise_floor"] = metrics.energy_noise_floor(self.true_samples, self.problem.n, self.true_samples.shape[0])
         if self.problem.target is not None:
             out["mode_tv_noise"] = metrics.sample_tv_bound(self.problem.target, self.problem.n, z=math.sqrt(2 / math.pi))
+        p = self.problem
+        if p.image_metrics is not None and p.floor_samples is not None:
+            floor = p.image_metrics(p.floor_samples)
+            out.update(fd_floor=floor["fd"], kid_floor=floor["kid"], kid_floor_se=floor["kid_se"], n_floor=p.floor_samples.shape[0])
         return out
 
 def fmt(value: Any) -> str:
