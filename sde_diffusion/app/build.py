@@ -42,16 +42,18 @@ def sample_labels(config: ConfigDict, n: int) -> Optional[torch.Tensor]:
     return torch.full((n,), label, dtype=torch.long, device=config.device)
 
 
-def draw_samples(config: ConfigDict, sde: LinearSDE, score_fn: ScoreFn, n: int, seed: int, progress: bool) -> tuple[torch.Tensor, int]:
+def draw_samples(config: ConfigDict, sde: LinearSDE, score_fn: ScoreFn, n: int, seed: int, progress: bool,
+                 schedule: Optional[torch.Tensor] = None) -> tuple[torch.Tensor, int]:
     """n samples with ``config.sampling``, mapped back to data space: ``(x, nfe)``. With a
     ``class_label`` the class-conditional ``score_fn(x, t, labels)`` is sampled with classifier-free
     guidance of weight ``guidance_scale`` (``sample_labels``; each of the nfe evaluations is one network
-    call on the doubled batch when the weight is not 0)."""
+    call on the doubled batch when the weight is not 0). ``schedule``: explicit times (a fitted schedule)."""
     labels = sample_labels(config, n)
     if labels is not None:
         score_fn = classifier_free_guidance(score_fn, labels, config.sampling.guidance_scale)
         n = labels.shape[0]
     sampler = solvers.get_sampler(config.sampling, sde)
     g = torch.Generator(config.device).manual_seed(seed)
-    x, nfe = sampler(score_fn, sample_shape(config, n), generator=g, device=config.device, progress=progress)
+    grid = {} if schedule is None else {"schedule": schedule}
+    x, nfe = sampler(score_fn, sample_shape(config, n), generator=g, device=config.device, progress=progress, **grid)
     return datasets.get_inverse_scaler(config.data)(x), nfe

@@ -46,6 +46,15 @@ def _sample(config: ConfigDict, workdir: str) -> None:
     print(describe(sample_command(config, workdir)))
 
 
+@COMMANDS.register("schedule")
+def _schedule(config: ConfigDict, workdir: str) -> None:
+    """Fit step schedules for ``config.sampling`` (``config.schedule``) and store them in the workdir."""
+    from sde_diffusion.app.commands import describe
+    from sde_diffusion.app.schedules import schedule_command
+
+    print(describe(schedule_command(config, workdir)))
+
+
 @COMMANDS.register("likelihood")
 def _likelihood(config: ConfigDict, workdir: str) -> None:
     """Test-set log-likelihood of the trained model (``config.eval``)."""

@@ -7,6 +7,7 @@ from typing import Optional
 from ml_collections import ConfigDict
 
 from sde_diffusion.app.build import draw_samples
+from sde_diffusion.app.schedules import stored_schedule
 from sde_diffusion.app.workdir import load_score_fn, write_samples
 from sde_diffusion.conditioning.guidance import ALL_CLASSES
 
@@ -15,7 +16,7 @@ def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None) 
     """The ``sample`` command: ``config.sampling.n_samples`` samples of the trained run with
     ``config.sampling``, written to ``workdir/samples/<tag>.{png,npz}``; returns the paths."""
     sde, score_fn = load_score_fn(config, workdir)
-    x, nfe = draw_samples(config, sde, score_fn, config.sampling.n_samples, config.seed, progress=True)
+    x, nfe = draw_samples(config, sde, score_fn, config.sampling.n_samples, config.seed, progress=True, schedule=stored_schedule(config, workdir))
     tag = tag or config.sampling.method
     title = f"{config.sampling.method}, {nfe} NFE"
     label = config.sampling.get("class_label", None)

@@ -2,7 +2,7 @@
 overrides and validation.
 
 Groups, as score_sde users know them: ``training``, ``optim``, ``data``, ``model``, ``sde``,
-``sampling``, ``eval``, ``bench`` (plus ``seed`` and ``device``). Three groups are generated from the
+``sampling``, ``eval``, ``bench``, ``schedule`` (plus ``seed`` and ``device``). Three groups are generated from the
 code so that every constructor argument and sampler option is reachable from the config and new ones
 appear without editing this file:
 
@@ -10,7 +10,7 @@ appear without editing this file:
 * ``model``: ``name`` plus the network's constructor arguments, ``parameterization`` and
   ``sigma_data`` among them (``model_group``);
 * ``sampling``: ``method``, ``steps``, ``eps``, ``t_start``, ``n_samples``, ``class_label``,
-  ``guidance_scale`` plus one group per registered sampling method holding its options, e.g.
+  ``guidance_scale``, ``fitted_schedule`` plus one group per registered sampling method holding its options, e.g.
   ``sampling.ode.rtol`` (``sampling_group``), generated from the method's declared spec, which also
   validates them.
 
@@ -44,7 +44,7 @@ from sde_diffusion.training.optim import OPTIMIZERS, SCHEDULES
 from solvers.api import GENERAL_FIELDS
 
 #: Fields of ``config.sampling`` besides the per-method groups.
-SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples", "class_label", "guidance_scale")
+SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples", "class_label", "guidance_scale", "fitted_schedule")
 #: Groups whose fields come from a registry, not from the default config.
 GENERATED_GROUPS = ("sde", "model", "sampling")
 
@@ -105,18 +105,21 @@ def sampling_group(
     n_samples: int = 1000,
     class_label: Optional[int] = None,
     guidance_scale: float = 0.0,
+    fitted_schedule: str = "",
     **options: Any,
 ) -> ml_collections.ConfigDict:
     """``config.sampling``: the method, shared settings and one group per registered method holding
     its options with their defaults; ``options`` updates the chosen method's group. A class-conditional
     model samples ``class_label`` (None: unconditional; -1: every class, a grid row each) with
-    classifier-free guidance weight ``guidance_scale`` (``sde_diffusion.conditioning.guidance``)."""
+    classifier-free guidance weight ``guidance_scale`` (``sde_diffusion.conditioning.guidance``).
+    ``fitted_schedule`` names a schedule the ``schedule`` command stored in the workdir (empty: none)."""
     methods = solvers.available()
     if method not in methods:
         raise ValueError(f"unknown sampling method {method!r}; known: {', '.join(sorted(methods))}")
     group = ml_collections.ConfigDict(
         {"method": method, "steps": placeholder(int), "eps": placeholder(float), "t_start": placeholder(float),
-         "n_samples": n_samples, "class_label": placeholder(int), "guidance_scale": float(guidance_scale)}
+         "n_samples": n_samples, "class_label": placeholder(int), "guidance_scale": float(guidance_scale),
+         "fitted_schedule": fitted_schedule}
     )
     group.steps, group.eps, group.t_start, group.class_label = steps, eps, t_start, class_label
     for name in methods:
@@ -184,6 +187,13 @@ def bench_config() -> ml_collections.ConfigDict:
     )
 
 
+def schedule_config() -> ml_collections.ConfigDict:
+    """``config.schedule``: the ``schedule`` command's settings (``solvers.optimize_schedule`` for
+    ``config.sampling.method`` with its options): nfe, the budgets to fit; n_samples, the latents
+    fitted on; seed, theirs."""
+    return ml_collections.ConfigDict({"nfe": (5, 10, 20), "n_samples": 256, "seed": 0})
+
+
 # --- likelihood -------------------------------------------------------------------------------------
 
 
@@ -242,6 +252,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     config.eval = eval_config()
     config.bench = bench_config()
+    config.schedule = schedule_config()
     return config
 
 
@@ -346,6 +357,7 @@ RULES: dict[str, Rule] = {
     "sampling.n_samples": _int_at_least(1),
     "sampling.class_label": _optional(_int_at_least(ALL_CLASSES)),
     "sampling.guidance_scale": _interval(-math.inf, math.inf, lo_open=True),
+    "schedule.n_samples": _int_at_least(1),
 }
 
 
