@@ -136,11 +136,10 @@ def fitted_section(bench: Benchmark, peers: Peers, spec: str, fit_seed: int, n_f
     for nfe, peer_nfe in ((5, 10), (10, 20)):
         g = torch.Generator().manual_seed(fit_seed)
         start = time.perf_counter()
-        times = solvers.optimize_schedule(
-            p.sde, p.score_fn, (p.target.dim,), name, nfe, t_start=p.t_start, eps=p.eps, n_samples=n_fit, generator=g, **{**bench.options(name, variant), **variant}
-        )
+        options = {k: v for k, v in bench.options(name, variant).items() if k != "t_start"}
+        times = solvers.optimize_schedule(p.sde, p.score_fn, (p.target.dim,), name, nfe, t_start=p.t_start, eps=p.eps, n_samples=n_fit, generator=g, **options)
         fit_seconds = time.perf_counter() - start
-        x, used = solvers.sample(p.sde, p.score_fn, bench.latents.shape, name, eps=p.eps, x_T=bench.latents, **{**bench.options(name, variant), "schedule": times})
+        x, used = solvers.sample(p.sde, p.score_fn, bench.latents.shape, name, x_T=bench.latents, schedule=times, **options)
         median, switch = score(bench, x)
         best = peers.best(peer_nfe)
         ok = median <= best["median"][0]

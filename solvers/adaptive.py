@@ -36,22 +36,28 @@ def control_options(rtol: float, atol: float, h_init: float) -> dict[str, Any]:
             "safety": number(0.9, 0.0, 1.0, low_open=True), "denoise": flag(True)}
 
 
+#: How the per-sample errors E_i of a batch combine into the one E that controls the shared step:
+#: their RMS (as k-diffusion's ``sample_dpm_adaptive``, whose norm runs over the whole batch tensor)
+#: or the worst sample.
+ERROR_NORMS = {"rms": lambda e: e.pow(2).mean().sqrt(), "max": lambda e: e.max()}
+
+
 @register_method(
     "dpm_solver_adaptive",
     ADAPTIVE,
-    options={"order": choice(3, (2, 3)), **control_options(0.05, 0.0078, 0.05)},
+    options={"order": choice(3, (2, 3)), "error_norm": choice("rms", tuple(ERROR_NORMS)), **control_options(0.05, 0.0078, 0.05)},
     takes=("eps", "t_start"),
     deterministic=lambda options: True,
     adaptive=lambda options: True,
     requires=(POSITIVE_EPS,),
 )
-def dpm_solver_adaptive(run: Run, x: torch.Tensor, *, order: int, rtol: float, atol: float, h_init: float,
+def dpm_solver_adaptive(run: Run, x: torch.Tensor, *, order: int, error_norm: str, rtol: float, atol: float, h_init: float,
                         safety: float, denoise: bool) -> tuple[torch.Tensor, dict[str, Any]]:
     """Adaptive DPM-Solver-12 (order 2) or -23 (order 3) with steps h in λ (Lu et al. 2022a, App. C).
 
     Each attempt is a DPM-Solver-k step with its embedded order k-1 solution (DPM-Solver-1, or
-    DPM-Solver-2 with r_1 = 1/3), sharing every evaluation; E is the largest per-sample error over
-    the batch; h ← min(θ h E^{-1/k}, λ(eps) - λ_s). NFE = k · (accepted + rejected) (+1 with
+    DPM-Solver-2 with r_1 = 1/3), sharing every evaluation; E combines the per-sample errors by
+    ``error_norm``: their RMS over the batch (default) or the largest; h ← min(θ h E^{-1/k}, λ(eps) - λ_s). NFE = k · (accepted + rejected) (+1 with
     ``denoise``); the info dict reports ``accepted``, ``rejected`` and ``nfe``. The callback fires
     after each accepted step.
     """
@@ -66,7 +72,7 @@ def dpm_solver_adaptive(run: Run, x: torch.Tensor, *, order: int, rtol: float, a
         t = last if h == last.lam - s.lam else attempt[-1]
         run.begin_step(accepted)
         x_high, x_low = singlestep_update(run.score, x, s, attempt[:-1], t)
-        error = float(scaled_error(x_high, x_low, x_prev, atol, rtol).max())
+        error = float(ERROR_NORMS[error_norm](scaled_error(x_high, x_low, x_prev, atol, rtol)))
         if not math.isfinite(error):
             run.score.check()
             raise FloatingPointError(f"dpm_solver_adaptive: non-finite error estimate at t = {s.t}")

@@ -60,6 +60,26 @@ def test_sample_writes_png_and_npz(trained):
     assert os.path.getsize(stem + ".png") > 1000
 
 
+def test_schedule_command_stores_a_schedule_that_sample_uses(trained):
+    """``schedule`` fits a 4-NFE schedule for UniPC on the trained run and stores it; ``sample``
+    with ``fitted_schedule`` samples on it, and names the stored ones when asked for a missing one."""
+    workdir, _ = trained
+    common = ["--config", RING, "--workdir", workdir, "--config.sampling.method=unipc", *SMALL]
+    out = cli("schedule", *common, "--config.schedule.nfe=(4,)", "--config.schedule.n_samples=16")
+    assert out.returncode == 0, out.stderr
+    path = os.path.join(workdir, "schedules", "unipc_nfe4.json")
+    with open(path) as f:
+        record = json.load(f)
+    assert record["method"] == "unipc" and record["nfe"] == 4 and len(record["times"]) == 4
+    assert all(a > b for a, b in zip(record["times"], record["times"][1:]))
+    out = cli("sample", *common, "--config.sampling.fitted_schedule=unipc_nfe4", "--config.sampling.n_samples=20")
+    assert out.returncode == 0, out.stderr
+    samples = np.load(os.path.join(workdir, "samples", "unipc.npz"))["samples"]
+    assert samples.shape == (20, 2) and np.isfinite(samples).all()
+    out = cli("sample", *common, "--config.sampling.fitted_schedule=unipc_nfe7")
+    assert out.returncode != 0 and "no stored schedule 'unipc_nfe7'" in out.stderr and "unipc_nfe4" in out.stderr
+
+
 def test_sample_refuses_another_model(trained):
     """Sampling loads the checkpoint only with the sde/model groups it was trained with (in-process:
     ``run.load_score_fn``, which ``sample``, ``likelihood`` and ``bench`` share)."""

@@ -150,9 +150,10 @@ def test_dpm_solver_adaptive_meets_its_tolerance(adaptive_problem, order):
 
     Why τ bounds the global error here: each accepted step keeps its local error (the embedded
     difference, an over-estimate for the higher-order solution it keeps) below
-    max(τ, τ|x|) ≈ 2τ per coordinate in RMS, over the largest-error sample of the batch; the flow
+    max(τ, τ|x|) ≈ 2τ per coordinate in RMS over the batch (``error_norm="rms"``); the flow
     contracts towards the modes at low noise, so errors do not grow along the ~20-80 steps, and the
-    median sample's error is far below the worst's (measured 2e-4 to 3e-6, ≥ 5× under τ)."""
+    median sample's error is below the RMS. The per-sample maximum (``error_norm="max"``) is stricter
+    and takes at least as many evaluations."""
     problem, x_T, reference = adaptive_problem
     errors = []
     for tol in (1e-3, 1e-4):
@@ -160,6 +161,8 @@ def test_dpm_solver_adaptive_meets_its_tolerance(adaptive_problem, order):
         assert info["nfe"] == nfe == order * (info["accepted"] + info["rejected"]) + 1
         errors.append(metrics.distance_to_reference(x, reference)["median"])
         assert errors[-1] < tol
+        _, nfe_max = run(problem, x_T, "dpm_solver_adaptive", order=order, rtol=tol, atol=tol, error_norm="max")
+        assert nfe_max >= nfe
     assert errors[1] < errors[0]
 
 
@@ -168,7 +171,7 @@ DETERMINISTIC = [
     ("dpm_solver_pp", 60, {}),
     ("unipc", 60, {}),
     ("heun", 30, {}),
-    ("dpm_solver_adaptive", None, {}),
+    ("dpm_solver_adaptive", None, {"error_norm": "max"}),  # the RMS default at rtol 0.05 is looser than 0.01 on VE
 ]
 
 

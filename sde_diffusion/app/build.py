@@ -49,13 +49,14 @@ def sample_count(config: ConfigDict, n: int) -> int:
 
 
 def draw_samples(
-    config: ConfigDict, sde: LinearSDE, score_fn: ScoreFn, n: int, seed: int, progress: bool, rows: Optional[slice] = None
+    config: ConfigDict, sde: LinearSDE, score_fn: ScoreFn, n: int, seed: int, progress: bool, rows: Optional[slice] = None,
+    schedule: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, int]:
     """n samples with ``config.sampling``, mapped back to data space: ``(x, nfe)``; with ``rows``
     only those rows of the ``sample_count(config, n)`` (a batch of the ``sample`` command). With a
     ``class_label`` the class-conditional ``score_fn(x, t, labels)`` is sampled with classifier-free
     guidance of weight ``guidance_scale`` (``sample_labels``; each of the nfe evaluations is one network
-    call on the doubled batch when the weight is not 0)."""
+    call on the doubled batch when the weight is not 0). ``schedule``: explicit times (a fitted schedule)."""
     labels = sample_labels(config, n)
     rows = rows or slice(0, sample_count(config, n))
     n = len(range(sample_count(config, n))[rows])
@@ -63,5 +64,6 @@ def draw_samples(
         score_fn = classifier_free_guidance(score_fn, labels[rows], config.sampling.guidance_scale)
     sampler = solvers.get_sampler(config.sampling, sde)
     g = torch.Generator(config.device).manual_seed(seed)
-    x, nfe = sampler(score_fn, sample_shape(config, n), generator=g, device=config.device, progress=progress)
+    grid = {} if schedule is None else {"schedule": schedule}
+    x, nfe = sampler(score_fn, sample_shape(config, n), generator=g, device=config.device, progress=progress, **grid)
     return datasets.get_inverse_scaler(config.data)(x), nfe

@@ -25,7 +25,7 @@ from sde_diffusion.core.registry import Registry
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file, e.g. configs/vp/ring.py.", lock_config=True)
 flags.DEFINE_string("workdir", None, "Run directory: checkpoints/, tensorboard/, samples/, config.json.")
-flags.DEFINE_string("pretrained", None, "sample/likelihood/bench: a diffusers save_pretrained directory to use instead of"
+flags.DEFINE_string("pretrained", None, "sample/likelihood/bench/schedule: a diffusers save_pretrained directory to use instead of"
                     " the workdir's checkpoints (the workdir then only receives the outputs).")
 
 #: What absl's parser says for a value it cannot convert, and the type each field expects, in words.
@@ -65,6 +65,15 @@ def _sample(config: ConfigDict, workdir: str) -> None:
     paths = sample_command(config, workdir, pretrained=FLAGS.pretrained)
     if paths:
         print(describe(paths))
+
+
+@COMMANDS.register("schedule")
+def _schedule(config: ConfigDict, workdir: str) -> None:
+    """Fit step schedules for ``config.sampling`` (``config.schedule``) and store them in the workdir."""
+    from sde_diffusion.app.commands import describe
+    from sde_diffusion.app.schedules import schedule_command
+
+    print(describe(schedule_command(config, workdir, pretrained=FLAGS.pretrained)))
 
 
 @COMMANDS.register("likelihood")

@@ -28,6 +28,7 @@ from sde_diffusion.app.build import draw_samples, sample_count, sample_shape
 from sde_diffusion.app.plotting import individual_pngs
 from sde_diffusion.app.pretrained import load_source
 from sde_diffusion.app.resources import check_disk, check_memory
+from sde_diffusion.app.schedules import stored_schedule
 from sde_diffusion.app.workdir import TrainedRun, lock_path, main_locked, plot_samples, provenance
 from sde_diffusion.conditioning.guidance import ALL_CLASSES
 from sde_diffusion.core import distributed
@@ -55,6 +56,7 @@ def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None, 
     check_memory("sampling.batch_size", min(s.batch_size, n), shape, config.device)
     distributed.from_main(lambda: _check_disk(stem, n, shape))
     run = run or load_source(config, workdir, None)
+    schedule = stored_schedule(config, workdir)
     with main_locked(lock_path(workdir, f"sample_{os.path.basename(stem)}"), "sample"):
         parts = BatchStore(stem + ".parts", _batch_key(config, run))
         todo = distributed.from_main(lambda: parts.missing(n, s.batch_size))
@@ -66,7 +68,7 @@ def sample_command(config: ConfigDict, workdir: str, tag: Optional[str] = None, 
         with bar:
             for start in range(0, len(todo), world):
                 mine = todo[start + distributed.rank()] if start + distributed.rank() < len(todo) else None
-                drawn = distributed.gather_outcomes(functools.partial(_draw_batch, config, run, mine, n, parts, main))
+                drawn = distributed.gather_outcomes(functools.partial(_draw_batch, config, run, mine, n, parts, main, schedule))
                 for batch in filter(None, drawn):
                     if main:
                         parts.write(*batch, individual=stem if s.save_individual else None)
@@ -90,14 +92,17 @@ def _rows(i: int, n: int, batch_size: int) -> slice:
     return slice(i * batch_size, min(n, (i + 1) * batch_size))
 
 
-def _draw_batch(config: ConfigDict, run: TrainedRun, i: Optional[int], n: int, parts: BatchStore, progress: bool) -> Optional[tuple[int, np.ndarray, int]]:
+def _draw_batch(
+    config: ConfigDict, run: TrainedRun, i: Optional[int], n: int, parts: BatchStore, progress: bool,
+    schedule: Optional[torch.Tensor] = None,
+) -> Optional[tuple[int, np.ndarray, int]]:
     """Batch i as ``(i, samples, nfe)`` (None for a process with no batch this round); raises
     ``FloatingPointError`` if any sample is not finite."""
     if i is None:
         return None
     s = config.sampling
     rows = _rows(i, n, s.batch_size)
-    x, nfe = draw_samples(config, run.sde, run.score_fn, s.n_samples, config.seed + i * BATCH_SEED_STRIDE, progress, rows=rows)
+    x, nfe = draw_samples(config, run.sde, run.score_fn, s.n_samples, config.seed + i * BATCH_SEED_STRIDE, progress, rows=rows, schedule=schedule)
     bad = int((~torch.isfinite(x)).sum())
     if bad:
         raise FloatingPointError(

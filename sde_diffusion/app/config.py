@@ -2,7 +2,7 @@
 overrides and validation.
 
 Groups, as score_sde users know them: ``training``, ``optim``, ``data``, ``model``, ``sde``,
-``sampling``, ``eval``, ``bench`` (plus ``seed`` and ``device``). Three groups are generated from the
+``sampling``, ``eval``, ``bench``, ``schedule`` (plus ``seed`` and ``device``). Three groups are generated from the
 code so that every constructor argument and sampler option is reachable from the config and new ones
 appear without editing this file:
 
@@ -10,7 +10,7 @@ appear without editing this file:
 * ``model``: ``name`` plus the network's constructor arguments, ``parameterization`` and
   ``sigma_data`` among them (``model_group``);
 * ``sampling``: ``method``, ``steps``, ``eps``, ``t_start``, ``n_samples``, ``class_label``,
-  ``guidance_scale`` plus one group per registered sampling method holding its options, e.g.
+  ``guidance_scale``, ``fitted_schedule`` plus one group per registered sampling method holding its options, e.g.
   ``sampling.ode.rtol`` (``sampling_group``), generated from the method's declared spec, which also
   validates them.
 
@@ -46,7 +46,7 @@ from sde_diffusion.training.precision import PRECISIONS
 from solvers.api import GENERAL_FIELDS
 
 #: Fields of ``config.sampling`` besides the per-method groups.
-SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples", "batch_size", "save_individual", "class_label", "guidance_scale")
+SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples", "batch_size", "save_individual", "class_label", "guidance_scale", "fitted_schedule")
 #: Groups whose fields come from a registry, not from the default config.
 GENERATED_GROUPS = ("sde", "model", "sampling")
 
@@ -109,6 +109,7 @@ def sampling_group(
     guidance_scale: float = 0.0,
     batch_size: int = 1000,
     save_individual: bool = False,
+    fitted_schedule: str = "",
     **options: Any,
 ) -> ml_collections.ConfigDict:
     """``config.sampling``: the method, shared settings and one group per registered method holding
@@ -116,7 +117,8 @@ def sampling_group(
     model samples ``class_label`` (None: unconditional; -1: every class, a grid row each) with
     classifier-free guidance weight ``guidance_scale`` (``sde_diffusion.conditioning.guidance``). The
     ``sample`` command draws ``n_samples`` in batches of ``batch_size`` and, with ``save_individual``,
-    also writes one PNG per image."""
+    also writes one PNG per image.
+    ``fitted_schedule`` names a schedule the ``schedule`` command stored in the workdir (empty: none)."""
     methods = solvers.available()
     if method not in methods:
         raise ValueError(f"unknown sampling method {method!r}; known: {', '.join(sorted(methods))}")
@@ -124,7 +126,7 @@ def sampling_group(
         {"method": method, "steps": placeholder(int), "eps": placeholder(float), "t_start": placeholder(float),
          "n_samples": n_samples,
          "batch_size": batch_size, "save_individual": save_individual, "class_label": placeholder(int),
-         "guidance_scale": float(guidance_scale)}
+         "guidance_scale": float(guidance_scale), "fitted_schedule": fitted_schedule}
     )
     group.steps, group.eps, group.t_start, group.class_label = steps, eps, t_start, class_label
     for name in methods:
@@ -221,6 +223,13 @@ def bench_config() -> ml_collections.ConfigDict:
     )
 
 
+def schedule_config() -> ml_collections.ConfigDict:
+    """``config.schedule``: the ``schedule`` command's settings (``solvers.optimize_schedule`` for
+    ``config.sampling.method`` with its options): nfe, the budgets to fit; n_samples, the latents
+    fitted on; seed, theirs."""
+    return ml_collections.ConfigDict({"nfe": (5, 10, 20), "n_samples": 256, "seed": 0})
+
+
 # --- likelihood -------------------------------------------------------------------------------------
 
 
@@ -273,6 +282,7 @@ def get_default_config() -> ml_collections.ConfigDict:
 
     config.eval = eval_config()
     config.bench = bench_config()
+    config.schedule = schedule_config()
     return config
 
 
@@ -409,6 +419,7 @@ RULES: dict[str, Rule] = {
     "bench.n_samples": _int_at_least(1),
     "bench.reference_tol": POSITIVE,
     "bench.nll_samples": _int_at_least(0),
+    "schedule.n_samples": _int_at_least(1),
 }
 
 
