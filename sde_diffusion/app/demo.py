@@ -22,6 +22,7 @@ from typing import Any, Optional
 
 import torch
 
+import solvers
 from sde_diffusion.app.build import build_sde, draw_samples
 from sde_diffusion.app.config import apply_overrides, load_config
 from sde_diffusion.app.evaluate import bench_command, likelihood_command
@@ -34,7 +35,7 @@ from sde_diffusion.training import losses
 
 CONFIG = "configs/vp/digits.py"
 #: The fast solver of the sample grids.
-FAST_SOLVER = "dpm_solver_pp"
+FAST_SOLVER = solvers.RECOMMENDED[0]
 #: Wall time of the stages after training, in units of one training step timed at the start
 #: (measured on a 2-core CPU; the ratio carries over to a busier or faster CPU, where both scale).
 STAGE_COST = {"samples": 250.0, "likelihood": 1100.0, "bench": 1250.0, "report": 5.0}
