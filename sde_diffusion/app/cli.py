@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Callable
 
 from absl import app, flags
@@ -92,7 +93,7 @@ def _explain_bad_override(argv: list[str]) -> None:
 
 def main(argv: list[str]) -> None:
     from sde_diffusion.app.config import validate
-    from sde_diffusion.app.train import NonFiniteLossError
+    from sde_diffusion.app.train import NonFiniteLossError, TrainingInterrupted
     from sde_diffusion.core import distributed
 
     if len(argv) != 2 or argv[1] not in COMMANDS:
@@ -105,7 +106,25 @@ def main(argv: list[str]) -> None:
             COMMANDS.get(argv[1])(config, FLAGS.workdir)
     except (ValueError, NonFiniteLossError, distributed.ProcessGroupError) as err:
         sys.exit(f"error: {err}")
+    except TrainingInterrupted as err:
+        if err.main:
+            print(err, file=sys.stderr)
+        sys.exit(128 + err.signum)
+    except KeyboardInterrupt as err:
+        print(f"aborted: {err}" if str(err) else "aborted", file=sys.stderr)
+        sys.exit(128 + 2)
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """This package's warnings as one line ``warning: ...``; others as Python formats them."""
+    if category.__module__.startswith("sde_diffusion."):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
 
 
 def run() -> None:
+    warnings.formatwarning = _format_warning
     app.run(main, flags_parser=_parse_flags)
