@@ -111,7 +111,7 @@ def main(argv: list[str]) -> None:
             print(err, file=sys.stderr)
         sys.exit(128 + err.signum)
     except KeyboardInterrupt as err:
-        print(f"aborted: {err}" if str(err) else "aborted", file=sys.stderr)
+        print(str(err) or "aborted", file=sys.stderr)
         sys.exit(128 + 2)
 
 

@@ -81,7 +81,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: object) -> None:
         if self.signum:
-            raise KeyboardInterrupt(f"second signal ({signal.Signals(signum).name}): aborted")
+            raise KeyboardInterrupt(f"aborted by a second signal ({signal.Signals(signum).name}) before the current step was checkpointed")
         self.signum = signum
 
     @contextmanager
