@@ -42,15 +42,25 @@ def sample_labels(config: ConfigDict, n: int) -> Optional[torch.Tensor]:
     return torch.full((n,), label, dtype=torch.long, device=config.device)
 
 
-def draw_samples(config: ConfigDict, sde: LinearSDE, score_fn: ScoreFn, n: int, seed: int, progress: bool) -> tuple[torch.Tensor, int]:
-    """n samples with ``config.sampling``, mapped back to data space: ``(x, nfe)``. With a
+def sample_count(config: ConfigDict, n: int) -> int:
+    """How many samples asking for n gives: n, or C·(n // C) for every class in turn (``sample_labels``)."""
+    labels = sample_labels(config, n)
+    return n if labels is None else labels.shape[0]
+
+
+def draw_samples(
+    config: ConfigDict, sde: LinearSDE, score_fn: ScoreFn, n: int, seed: int, progress: bool, rows: Optional[slice] = None
+) -> tuple[torch.Tensor, int]:
+    """n samples with ``config.sampling``, mapped back to data space: ``(x, nfe)``; with ``rows``
+    only those rows of the ``sample_count(config, n)`` (a batch of the ``sample`` command). With a
     ``class_label`` the class-conditional ``score_fn(x, t, labels)`` is sampled with classifier-free
     guidance of weight ``guidance_scale`` (``sample_labels``; each of the nfe evaluations is one network
     call on the doubled batch when the weight is not 0)."""
     labels = sample_labels(config, n)
+    rows = rows or slice(0, sample_count(config, n))
+    n = len(range(sample_count(config, n))[rows])
     if labels is not None:
-        score_fn = classifier_free_guidance(score_fn, labels, config.sampling.guidance_scale)
-        n = labels.shape[0]
+        score_fn = classifier_free_guidance(score_fn, labels[rows], config.sampling.guidance_scale)
     sampler = solvers.get_sampler(config.sampling, sde)
     g = torch.Generator(config.device).manual_seed(seed)
     x, nfe = sampler(score_fn, sample_shape(config, n), generator=g, device=config.device, progress=progress)

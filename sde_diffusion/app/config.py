@@ -24,6 +24,7 @@ import importlib.util
 import inspect
 import math
 import os
+import traceback
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Optional
@@ -40,10 +41,11 @@ from sde_diffusion.data import datasets
 from sde_diffusion.evaluation.benchmark import NFE_GRID, TOLERANCES
 from sde_diffusion.training import losses
 from sde_diffusion.training.optim import OPTIMIZERS, SCHEDULES
+from sde_diffusion.training.precision import PRECISIONS
 from solvers.api import GENERAL_FIELDS
 
 #: Fields of ``config.sampling`` besides the per-method groups.
-SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples", "class_label", "guidance_scale")
+SAMPLING_FIELDS = GENERAL_FIELDS + ("n_samples", "batch_size", "save_individual", "class_label", "guidance_scale")
 #: Groups whose fields come from a registry, not from the default config.
 GENERATED_GROUPS = ("sde", "model", "sampling")
 
@@ -103,18 +105,23 @@ def sampling_group(
     n_samples: int = 1000,
     class_label: Optional[int] = None,
     guidance_scale: float = 0.0,
+    batch_size: int = 1000,
+    save_individual: bool = False,
     **options: Any,
 ) -> ml_collections.ConfigDict:
     """``config.sampling``: the method, shared settings and one group per registered method holding
     its options with their defaults; ``options`` updates the chosen method's group. A class-conditional
     model samples ``class_label`` (None: unconditional; -1: every class, a grid row each) with
-    classifier-free guidance weight ``guidance_scale`` (``sde_diffusion.conditioning.guidance``)."""
+    classifier-free guidance weight ``guidance_scale`` (``sde_diffusion.conditioning.guidance``). The
+    ``sample`` command draws ``n_samples`` in batches of ``batch_size`` and, with ``save_individual``,
+    also writes one PNG per image."""
     methods = solvers.available()
     if method not in methods:
         raise ValueError(f"unknown sampling method {method!r}; known: {', '.join(sorted(methods))}")
     group = ml_collections.ConfigDict(
         {"method": method, "steps": placeholder(int), "eps": placeholder(float), "n_samples": n_samples,
-         "class_label": placeholder(int), "guidance_scale": float(guidance_scale)}
+         "batch_size": batch_size, "save_individual": save_individual, "class_label": placeholder(int),
+         "guidance_scale": float(guidance_scale)}
     )
     group.steps, group.eps, group.class_label = steps, eps, class_label
     for name, spec in methods.items():
@@ -217,6 +224,9 @@ def get_default_config() -> ml_collections.ConfigDict:
     training.sample_freq = 2000
     training.n_snapshot_samples = 1000
     training.progress = True
+    training.precision = "fp32"
+    training.compile = False
+    training.channels_last = False
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "adam"
@@ -265,6 +275,13 @@ def get_digits_config() -> ml_collections.ConfigDict:
     return config
 
 
+def cifar10_model_group(**kwargs: Any) -> ml_collections.ConfigDict:
+    """score_sde's DDPM++ CIFAR-10 network: the U-Net on 32×32 RGB with nf = 128, ch_mult (1, 2, 2, 2),
+    4 residual blocks per level, attention at 16×16, dropout 0.1 (kwargs override)."""
+    return model_group("unet", **{"image_size": 32, "num_channels": 3, "nf": 128, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 4,
+                                  "attn_resolutions": (16,), "dropout": 0.1, **kwargs})
+
+
 # --- validation ------------------------------------------------------------------------------------
 #: A value rule: None when the value is allowed, else a description of what is allowed.
 Rule = Callable[[Any], Optional[str]]
@@ -296,9 +313,13 @@ def _optional(rule: Rule) -> Rule:
 
 def _device(value: Any) -> Optional[str]:
     try:
-        torch.device(value)
+        device = torch.device(value)
     except (RuntimeError, TypeError):
         return "a torch device string such as 'cpu' or 'cuda:0'"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"'cpu' (this machine has no usable CUDA device: torch {torch.__version__}, CUDA build {torch.version.cuda})"
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        return f"'cuda' or 'cuda:0' .. 'cuda:{torch.cuda.device_count() - 1}' (this machine has {torch.cuda.device_count()} GPU(s))"
     return None
 
 
@@ -324,6 +345,7 @@ RULES: dict[str, Rule] = {
     "training.keep_checkpoints": _int_at_least(1),
     "training.sample_freq": _int_at_least(0),
     "training.n_snapshot_samples": _int_at_least(1),
+    "training.precision": _one_of(PRECISIONS.names),
     "optim.optimizer": _one_of(OPTIMIZERS.names),
     "optim.lr": POSITIVE,
     "optim.beta1": UNIT,
@@ -345,8 +367,20 @@ RULES: dict[str, Rule] = {
     "sampling.steps": _optional(_int_at_least(1)),
     "sampling.eps": _optional(_interval(0.0, 1.0)),
     "sampling.n_samples": _int_at_least(1),
+    "sampling.batch_size": _int_at_least(1),
     "sampling.class_label": _optional(_int_at_least(ALL_CLASSES)),
     "sampling.guidance_scale": _interval(-math.inf, math.inf, lo_open=True),
+    "eval.batch_size": _int_at_least(1),
+    "eval.n_samples": _int_at_least(1),
+    "eval.n_probes": _int_at_least(1),
+    "eval.rtol": POSITIVE,
+    "eval.atol": POSITIVE,
+    "eval.eps": _interval(0.0, 1.0, lo_open=True),
+    "eval.dequant_repeats": _int_at_least(1),
+    "eval.elbo_terms": _optional(_int_at_least(1)),
+    "bench.n_samples": _int_at_least(1),
+    "bench.reference_tol": POSITIVE,
+    "bench.nll_samples": _int_at_least(0),
 }
 
 
@@ -490,14 +524,40 @@ def resolve_config_path(path: str) -> str:
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-    """Run the config file's ``get_config()`` (no validation)."""
+    """Run the config file's ``get_config()`` (no validation). A file that does not exist, cannot be
+    compiled, fails when run, defines no ``get_config()`` or whose ``get_config()`` returns no
+    ConfigDict raises ``ValueError`` naming the file (and the line)."""
     path = resolve_config_path(path)
     spec = importlib.util.spec_from_file_location(f"_config_{abs(hash(os.path.abspath(path)))}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"config file {path!r} defines no get_config()")
-    return module.get_config()
+    try:
+        spec.loader.exec_module(module)
+        get_config = getattr(module, "get_config", None)
+        if get_config is None:
+            raise ValueError(f"config file {path!r} defines no get_config()")
+        config = get_config()
+    except SyntaxError as err:
+        raise ValueError(f"config file {path!r} line {err.lineno}: {type(err).__name__}: {err.msg}") from None
+    except Exception as err:
+        if isinstance(err, ValueError) and str(err).startswith(f"config file {path!r}"):
+            raise
+        frames = [f for f in traceback.extract_tb(err.__traceback__) if os.path.abspath(f.filename) == os.path.abspath(path)]
+        where = f" line {frames[-1].lineno}" if frames else ""
+        raise ValueError(f"config file {path!r}{where}: {type(err).__name__}: {err}") from None
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ValueError(f"config file {path!r}: get_config() must return an ml_collections.ConfigDict, got {type(config).__name__}")
+    return config
+
+
+def list_fields(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    """``group.field: type = value`` for every field, in order, for ``python -m sde_diffusion config``."""
+    lines = []
+    for key, value in config.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            lines += list_fields(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key}: {config.get_type(key).__name__} = {value!r}")
+    return lines
 
 
 def load_config(path: str, overrides: Optional[Mapping[str, Any]] = None) -> ml_collections.ConfigDict:

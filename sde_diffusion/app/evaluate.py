@@ -1,7 +1,8 @@
 """The ``likelihood`` and ``bench`` commands of the CLI and the config groups they read.
 
 ``python -m sde_diffusion likelihood --config ... --workdir ...`` prints the test NLL of the trained
-run in nats and bits/dim with standard errors and NFE (``likelihood_command``);
+run in nats and bits/dim with standard errors and NFE and writes ``eval/likelihood_<dataset>.json``
+(``likelihood_command``);
 ``python -m sde_diffusion bench ...`` runs the step-count benchmark on it (``bench_command``). The
 work is done by ``evaluate_likelihood`` and ``sde_diffusion.evaluation.benchmark``, which take any score
 function, so the exact scores of analytic mixtures exercise the same code. Under torchrun both split
@@ -16,8 +17,11 @@ from typing import Any, Optional
 
 import ml_collections
 import torch
+from tqdm.auto import tqdm
 
-from sde_diffusion.app.workdir import load_score_fn
+from sde_diffusion.app.pretrained import load_source
+from sde_diffusion.app.resources import check_memory
+from sde_diffusion.app.workdir import lock_path, main_locked, provenance
 from sde_diffusion.core import distributed
 from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.targets import ring
@@ -51,6 +55,7 @@ def evaluate_likelihood(
     seed: int = 0,
     elbo: bool = False,
     elbo_terms: Optional[int] = None,
+    progress: bool = False,
     **ode_options: Any,
 ) -> dict[str, float]:
     """Mean test NLL of ``data`` through the PF-ODE (``log_likelihood`` with ``ode_options``).
@@ -64,7 +69,8 @@ def evaluate_likelihood(
 
     Under torchrun each process evaluates its contiguous block of ``data`` (``distributed.local_rows``)
     with its own seed (``distributed.rank_seed``); the per-point values are gathered after every
-    process's last solve, and every process returns the report of all points.
+    process's last solve, and every process returns the report of all points. ``progress`` shows a
+    bar over the test points (rank 0).
     """
 
     g = torch.Generator(device=data.device).manual_seed(distributed.rank_seed(seed))
@@ -79,13 +85,16 @@ def evaluate_likelihood(
     width = (high - low) / levels if levels is not None else 0.0
     repeats = repeats if levels is not None else 1
     nll, nfe = torch.zeros(local.shape[0], dtype=torch.float64), []
-    for _ in range(repeats):
-        logps = []
-        for batch in batches:
-            logp, _, calls = log_likelihood(sde, score_fn, dequantize(batch, width, g), generator=g, **ode_options)
-            logps.append(logp.detach().cpu().to(torch.float64))
-            nfe.append(calls)
-        nll -= torch.cat(logps) / repeats
+    bar = tqdm(total=repeats * local.shape[0], desc="log-likelihood", unit="point", disable=not (progress and distributed.is_main()), dynamic_ncols=True)
+    with bar:
+        for _ in range(repeats):
+            logps = []
+            for batch in batches:
+                logp, _, calls = log_likelihood(sde, score_fn, dequantize(batch, width, g), generator=g, **ode_options)
+                logps.append(logp.detach().cpu().to(torch.float64))
+                nfe.append(calls)
+                bar.update(batch.shape[0])
+            nll -= torch.cat(logps) / repeats
     nll, nfe = distributed.gather_cat(nll), sum(distributed.all_gather_objects(nfe), [])
     bpd = bits_per_dim(-nll, dim, levels, high - low) if levels is not None else nll / (dim * math.log(2))
     report.update(_summary("nll", nll), **_summary("bpd", bpd), nfe=sum(nfe) / len(nfe))
@@ -121,36 +130,54 @@ def _data_range(data_config: Any) -> tuple[Optional[int], float, float]:
     return round((high - low) / width), low, high
 
 
-def likelihood_command(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Test NLL of the trained run in ``workdir`` (``config.eval``); printed and written to
-    ``workdir/eval/likelihood.json``."""
+def likelihood_path(workdir: str, dataset: str) -> str:
+    """``workdir/eval/likelihood_<dataset>.json``: one results file per evaluated data set, so that
+    evaluating a run on another data set (e.g. out of distribution) never replaces its results."""
+    return os.path.join(workdir, "eval", f"likelihood_{dataset}.json")
 
-    sde, score_fn = load_score_fn(config, workdir)
+
+def likelihood_command(config: ml_collections.ConfigDict, workdir: str, pretrained: Optional[str] = None) -> dict[str, float]:
+    """Test NLL of the trained run in ``workdir``, or of the ``pretrained`` diffusers directory
+    (``config.eval``), on ``config.data``; printed and written to ``likelihood_path`` with the record
+    of what produced it (``workdir.provenance``)."""
+
+    run = load_source(config, workdir, pretrained)
     e = config.eval
+    path = likelihood_path(workdir, config.data.dataset)
+    main = distributed.is_main()
+    if main and run.dataset not in (None, config.data.dataset):
+        print(f"note: the run was trained on {run.dataset!r}; evaluating it on config.data.dataset={config.data.dataset!r}")
     test = datasets.get_dataset(config.data)[1][: e.n_samples].to(config.device)
+    check_memory("eval.batch_size", min(e.batch_size, test.shape[0]), tuple(test.shape[1:]), config.device)
     levels, low, high = _data_range(config.data)
-    report = evaluate_likelihood(
-        sde, score_fn, test, levels=levels, low=low, high=high, batch_size=e.batch_size, repeats=e.dequant_repeats,
-        seed=config.seed, elbo=e.elbo, elbo_terms=e.elbo_terms, trace=e.trace, n_probes=e.n_probes, probe=e.probe,
-        rtol=e.rtol, atol=e.atol, method=e.method, eps=e.eps,
-    )
-    if distributed.is_main():
-        print(format_likelihood(report))
-        os.makedirs(os.path.join(workdir, "eval"), exist_ok=True)
-        with open(os.path.join(workdir, "eval", "likelihood.json"), "w", encoding="utf-8") as fh:
-            json.dump(report, fh, indent=2)
+    options = dict(trace=e.trace, n_probes=e.n_probes, probe=e.probe, rtol=e.rtol, atol=e.atol, method=e.method, eps=e.eps)
+    with main_locked(lock_path(workdir, f"likelihood_{config.data.dataset}"), "likelihood"):
+        report = evaluate_likelihood(
+            run.sde, run.score_fn, test, levels=levels, low=low, high=high, batch_size=e.batch_size, repeats=e.dequant_repeats,
+            seed=config.seed, elbo=e.elbo, elbo_terms=e.elbo_terms, progress=True, **options,
+        )
+        if main:
+            print(format_likelihood(report))
+            meta = provenance(config, run, "likelihood", method=e.method, options=json.loads(e.to_json()))
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8") as fh:
+                json.dump({**report, "produced_by": meta}, fh, indent=2)
+            print(f"  wrote {path}")
     return report
 
 
 # --- benchmark --------------------------------------------------------------------------------------
-def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkResult:
-    """The step-count benchmark on the trained run in ``workdir`` (``config.bench``); the report goes
-    to ``workdir/bench/``. True samples are the test set; the data set's analytic mixture, if it has
-    one, adds the mode, spread and true-density columns."""
+def bench_command(config: ml_collections.ConfigDict, workdir: str, pretrained: Optional[str] = None) -> BenchmarkResult:
+    """The step-count benchmark on the trained run in ``workdir``, or on the ``pretrained`` diffusers
+    directory (``config.bench``); the report goes to ``workdir/bench/`` with ``produced_by.json``. True
+    samples are the test set; the data set's analytic mixture, if it has one, adds the mode, spread and
+    true-density columns."""
 
-    sde, score_fn = load_score_fn(config, workdir)
+    run = load_source(config, workdir, pretrained)
+    sde, score_fn = run.sde, run.score_fn
     b = config.bench
     test = datasets.get_dataset(config.data)[1].to(config.device)
+    check_memory("bench.n_samples", b.n_samples, tuple(test.shape[1:]), config.device)
     target = ANALYTIC_TARGETS[config.data.dataset]() if config.data.dataset in ANALYTIC_TARGETS else None
     width = datasets.bin_width(config.data)
     problem = Problem(
@@ -169,15 +196,22 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str) -> BenchmarkR
         fine_scale=b.fine_scale if b.fine_scale is not None else (width or None),
         log_density=_model_log_density(sde, score_fn, config) if b.nll_samples > 0 else None,
         log_density_label="model log-likelihood (PF-ODE)" if b.nll_samples > 0 else "true log-density",
-        name=f"{config.data.dataset}, {config.sde.name}, {os.path.basename(os.path.normpath(workdir))}",
+        name=f"{config.data.dataset}, {sde!r}, {os.path.basename(os.path.normpath(pretrained or workdir))}",
     )
     main = distributed.is_main()
-    result = Benchmark(problem, reference_tol=b.reference_tol).sweep(
-        list(b.methods) or None, nfe_grid=b.nfe_grid, tolerances=b.tolerances, log=print if main else None
-    )
-    if main:
-        for path in write_report(result, os.path.join(workdir, "bench")).values():
-            print(f"  wrote {path}")
+    with main_locked(lock_path(workdir, "bench"), "bench"):
+        result = Benchmark(problem, reference_tol=b.reference_tol).sweep(
+            list(b.methods) or None, nfe_grid=b.nfe_grid, tolerances=b.tolerances, log=print if main else None
+        )
+        if main:
+            out = os.path.join(workdir, "bench")
+            paths = list(write_report(result, out).values())
+            meta = provenance(config, run, "bench", methods=list(b.methods) or "all registered", options=json.loads(b.to_json()))
+            paths.append(os.path.join(out, "produced_by.json"))
+            with open(paths[-1], "w", encoding="utf-8") as fh:
+                json.dump(meta, fh, indent=2)
+            for path in paths:
+                print(f"  wrote {path}")
     return result
 
 

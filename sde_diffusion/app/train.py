@@ -55,6 +55,7 @@ from sde_diffusion.training import losses
 from sde_diffusion.training.checkpoints import check_writable, latest_checkpoint, remove_temporaries, save_checkpoint
 from sde_diffusion.training.ema import EMA
 from sde_diffusion.training.optim import OPTIMIZERS, learning_rate
+from sde_diffusion.training.precision import autocast
 
 
 class NonFiniteLossError(RuntimeError):
@@ -203,15 +204,20 @@ def train_step(
     n_iters: int,
     labels: Optional[torch.Tensor] = None,
     shard: Optional[distributed.RowShard] = None,
+    precision: str = "fp32",
+    network: Optional[nn.Module] = None,
 ) -> tuple[float, float, float]:
     """One optimiser step (module docstring) of a run of ``n_iters`` steps, with the batch's class
     ``labels`` for a class-conditional model; returns ``(loss, gradient norm, learning rate)`` and raises ``NonFiniteLossError`` before
     touching the weights if the loss or gradient is not finite. With a ``shard`` (multi-process) this
-    process evaluates its rows of the global batch and the loss is the mean over processes."""
+    process evaluates its rows of the global batch and the loss is the mean over processes. The forward
+    pass runs under ``precision`` (``training.precision``) through ``network`` (default ``state.model``;
+    a compiled ``state.model`` with ``training.compile``)."""
     n = state.step + 1
     state.model.train()
-    network, rows = (state.model, slice(None)) if shard is None else (shard, shard.rows)
-    loss = loss_fn(network, batch, generator=state.noise_generator, labels=labels, rows=rows)
+    network, rows = (network or state.model, slice(None)) if shard is None else (shard, shard.rows)
+    with autocast(precision, batch.device):
+        loss = loss_fn(network, batch, generator=state.noise_generator, labels=labels, rows=rows)
     value = distributed.mean(loss.detach())
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the loss is {value} at step {n}")
@@ -269,6 +275,9 @@ def _train(config: ConfigDict, workdir: str, stop: StopRequest) -> TrainState:
     state = init_state(config)
     resumed = restore(state, config, workdir)
     saved_step = state.step if resumed else -1
+    memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
+    state.model.to(memory_format=memory_format)
+    network = torch.compile(state.model) if tc.compile else state.model
     if main:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
@@ -288,7 +297,10 @@ def _train(config: ConfigDict, workdir: str, stop: StopRequest) -> TrainState:
             batch, labels = train_data[idx], None if train_labels is None else train_labels[idx]
             if dequantize is not None:
                 batch = dequantize(batch, state.noise_generator)
-            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim, config.training.n_iters, labels, shard)
+            if batch.ndim == 4:
+                batch = batch.contiguous(memory_format=memory_format)
+            loss, grad_norm, lr = train_step(state, loss_fn, batch, config.optim, config.training.n_iters, labels, shard,
+                                             tc.precision, network)
             bar.update(1)
             if main and state.step % tc.log_freq == 0:
                 writer.add_scalar("training/loss", loss, state.step)

@@ -27,6 +27,7 @@ Conventions
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Union
 
@@ -59,6 +60,12 @@ def check_labels(labels: Labels, allow_null: bool = True) -> None:
         raise ValueError(f"a label must be an integer >= {lowest}, got {labels!r}")
 
 
+def check_weight(name: str, value: float) -> None:
+    """Raise ``ValueError`` unless the guidance weight ``value`` is a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"the guidance {name} must be a finite number, got {value!r}")
+
+
 def labels_for(labels: Labels, x: torch.Tensor) -> torch.Tensor:
     """``labels`` as the (B,) long tensor matching the batch x: an int is broadcast."""
     if isinstance(labels, int):
@@ -87,6 +94,7 @@ def classifier_free_guidance(score_fn: ConditionalScoreFn, labels: Labels, w: fl
     """s̃ = (1 + w) s(x, t, y) - w s(x, t, ∅) (module docstring), the two scores from one call on the
     doubled batch [x; x] with labels [y; ∅]; w = 0 is ``conditional_score_fn`` (one batch)."""
     check_labels(labels, allow_null=False)
+    check_weight("w", w)
     if w == 0:
         return conditional_score_fn(score_fn, labels)
 
@@ -104,6 +112,7 @@ def classifier_guidance(score_fn: ScoreFn, classifier: ClassifierFn, labels: Lab
     """s̃ = s(x, t) + scale · ∇log p_t(y | x) (module docstring) with the time-conditioned
     ``classifier`` (``classifier.log_prob_grad``; evaluated at x_t, as Dhariwal & Nichol)."""
     check_labels(labels, allow_null=False)
+    check_weight("scale", scale)
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return score_fn(x, t) + scale * log_prob_grad(classifier, x, t, labels_for(labels, x))

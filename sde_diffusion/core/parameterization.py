@@ -5,6 +5,8 @@ For the kernel x_t = α(t) x_0 + σ(t) ε (checklist NET-4, NET-5, TRN-11):
     score = ∇log p_t(x) = -ε̂ / σ                (noise  <-> score)
     x̂_0   = (x + σ² · score) / α                 (Tweedie; data <-> score)
     x̂_0   = (x - σ ε̂) / α                        (data   <-> noise)
+    v̂     = α ε̂ - σ x̂_0                         (velocity; Salimans & Ho 2022, §4)
+          ⇔ ε̂ = (α v̂ + σ x) / (α² + σ²)          (α² + σ² = 1 on the VP family)
 
 Every conversion in the toolkit goes through ``to_score`` / ``from_score`` here.
 """
@@ -62,6 +64,18 @@ def data_from_score(score: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, s
     return (x + _b(sigma, x) ** 2 * score) / _b(alpha, x)
 
 
+def score_from_velocity(v: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """score = -ε̂ / σ with ε̂ = (α v̂ + σ x) / (α² + σ²)."""
+    a, s = _b(alpha, x), _b(sigma, x)
+    return -(a * v + s * x) / ((a**2 + s**2) * s)
+
+
+def velocity_from_score(score: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """v̂ = α ε̂ - σ x̂_0 with ε̂ = -σ · score and Tweedie's x̂_0."""
+    a = _b(alpha, x)
+    return a * noise_from_score(score, x, alpha, sigma) - _b(sigma, x) * data_from_score(score, x, alpha, sigma)
+
+
 def _identity(score: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     return score
 
@@ -70,6 +84,7 @@ for _p in (
     Parameterization("score", _identity, _identity),
     Parameterization("noise", score_from_noise, noise_from_score),
     Parameterization("data", score_from_data, data_from_score),
+    Parameterization("velocity", score_from_velocity, velocity_from_score),
 ):
     PARAMETERIZATIONS.register(_p.name)(_p)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import abc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Optional
 
 import torch
@@ -438,6 +438,132 @@ class CosineVPSDE(LinearSDE):
 
     def _params(self) -> dict[str, Any]:
         return {"s": self.s, "max_beta": self.max_beta, "N": self.N}
+
+
+#: DDPM β schedules by diffusers' ``beta_schedule`` names: ``(beta_start, beta_end, N) -> β_k`` (float64).
+BETA_SCHEDULES: Registry[Callable[[float, float, int], torch.Tensor]] = Registry("beta schedule")
+
+
+@BETA_SCHEDULES.register("linear")
+def linear_betas(beta_start: float, beta_end: float, N: int) -> torch.Tensor:
+    """β_k evenly spaced from β_start to β_end (Ho et al. 2020, §4)."""
+    return torch.linspace(beta_start, beta_end, N, dtype=torch.float64)
+
+
+@BETA_SCHEDULES.register("scaled_linear")
+def scaled_linear_betas(beta_start: float, beta_end: float, N: int) -> torch.Tensor:
+    """β_k = (evenly spaced from √β_start to √β_end)² (Rombach et al. 2022, latent diffusion)."""
+    return torch.linspace(math.sqrt(beta_start), math.sqrt(beta_end), N, dtype=torch.float64) ** 2
+
+
+@BETA_SCHEDULES.register("squaredcos_cap_v2")
+def cosine_betas(beta_start: float, beta_end: float, N: int) -> torch.Tensor:
+    """β_k = min(1 - h((k+1)/N)/h(k/N), 0.999), h(u) = cos²((u + 0.008)/1.008 · π/2), k = 0..N-1
+    (Nichol & Dhariwal 2021, eq. 17); β_start and β_end are unused."""
+    u = torch.arange(N + 1, dtype=torch.float64) / N
+    h = torch.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
+    return torch.clamp(1.0 - h[1:] / h[:-1], max=0.999)
+
+
+@SDES.register("discrete_vp")
+class DiscreteVPSDE(LinearSDE):
+    """The VP SDE through a DDPM chain's own ᾱ table: exact at every trained timestep.
+
+    A chain of N steps with ᾱ_k = Π_{j≤k} (1 - β_j), k = 0..N-1 (diffusers' 0-based timesteps; β_k from
+    ``BETA_SCHEDULES[beta_schedule]`` or the table ``alphas_cumprod`` itself), is placed at times
+    t_k = (k + 1)/N, and log ᾱ is interpolated linearly in between, with ᾱ := 1 at t = 0
+    (DPM-Solver's discrete noise schedule, Lu et al. 2022, App. D.1):
+
+        τ(t) = N t - 1,   log ᾱ(t) = (1 - w) log ᾱ_j + w log ᾱ_{j+1},   j = ⌊τ⌋, w = τ - j,
+
+    α = √ᾱ, σ² = 1 - ᾱ, and β(t) = -d log ᾱ/dt = -N log(1 - β_{j+1}) is constant between timesteps, so
+    dx = -½ β(t) x dt + √β(t) dw has the kernel N(√ᾱ(t) x_0, (1 - ᾱ(t)) I) with ᾱ(t_k) = ᾱ_k exactly
+    and ᾱ(1) = ᾱ_{N-1}. τ(t) is the (fractional) timestep a network trained on the chain is given at
+    time t; t ∈ [1/N, 1] spans its trained timesteps 0..N-1 and ``default_eps`` is 1/N. ``vp`` and
+    ``cosine_vp`` are the continuous-time limits of the linear and cosine chains, close to but not at
+    the table (``vp``: ᾱ(1) = 4.3e-5 against ᾱ_999 = 4.0e-5 for β from 1e-4 to 0.02).
+    """
+
+    def __init__(
+        self,
+        beta_schedule: str = "linear",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        N: int = 1000,
+        alphas_cumprod: Optional[Sequence[float]] = None,
+    ) -> None:
+        super().__init__(N)
+        if alphas_cumprod is None:
+            check_increasing_pair(beta_start, beta_end, "beta_start", "beta_end")
+            betas = BETA_SCHEDULES.get(beta_schedule)(float(beta_start), float(beta_end), N)
+            self.chain = DDPMChain(betas)
+            abar = self.chain.alphas_cumprod
+        else:
+            abar = torch.as_tensor(alphas_cumprod, dtype=torch.float64).flatten()
+            if abar.shape != (N,):
+                raise ValueError(f"alphas_cumprod must hold N = {N} values, got {abar.numel()}")
+            if not bool(((abar > 0) & (abar < 1)).all()) or not bool((abar[1:] < abar[:-1]).all()):
+                raise ValueError("alphas_cumprod must decrease strictly inside (0, 1) (a zero-SNR last step has no VP SDE)")
+            prev = torch.cat([abar.new_ones(1), abar[:-1]])
+            self.chain = DDPMChain(1.0 - abar / prev)
+        self.beta_schedule, self.beta_start, self.beta_end = beta_schedule, float(beta_start), float(beta_end)
+        self.table_given = alphas_cumprod is not None
+        #: log ᾱ at τ = -1, 0, ..., N-1 (index j + 1 holds timestep j).
+        self.log_abar = torch.cat([torch.zeros(1, dtype=torch.float64), torch.log(abar)])
+        self.default_eps = 1.0 / N
+
+    def timestep(self, t: torch.Tensor) -> torch.Tensor:
+        """The chain's fractional timestep τ(t) = N t - 1 at time t."""
+        return self.N * t - 1.0
+
+    def _segment(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        u = self.N * t
+        j = torch.clamp(torch.floor(u), 0, self.N - 1).long()
+        return j, u - j
+
+    def _log_abar(self, t: torch.Tensor) -> torch.Tensor:
+        j, w = self._segment(t)
+        table = self.log_abar.to(device=t.device, dtype=t.dtype)
+        return torch.lerp(table[j], table[j + 1], w)
+
+    def _beta(self, t: torch.Tensor) -> torch.Tensor:
+        j, _ = self._segment(t)
+        table = self.log_abar.to(device=t.device, dtype=t.dtype)
+        return self.N * (table[j] - table[j + 1])
+
+    def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self._log_abar(t)
+
+    def _sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(-torch.expm1(self._log_abar(t)))
+
+    def _f(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.5 * self._beta(t)
+
+    def _g2(self, t: torch.Tensor) -> torch.Tensor:
+        return self._beta(t)
+
+    def _t_of_lambda(self, lam: torch.Tensor) -> torch.Tensor:
+        # ᾱ = sigmoid(2λ); invert the piecewise-linear log ᾱ(t), extrapolating the end segments.
+        log_abar = -torch.nn.functional.softplus(-2.0 * lam)
+        table = self.log_abar.to(device=log_abar.device, dtype=log_abar.dtype)
+        descending = -table
+        j = torch.clamp(torch.searchsorted(descending, -log_abar.contiguous()) - 1, 0, self.N - 1)
+        w = (table[j] - log_abar) / (table[j] - table[j + 1])
+        return (j + w) / self.N
+
+    def index(self, t: torch.Tensor) -> torch.Tensor:
+        """The chain index of time t: the nearest timestep round(τ(t)), clamped to 0..N-1."""
+        check_time(t, self.T)
+        return torch.clamp(torch.round(self.timestep(t.to(torch.float64))), 0, self.N - 1).long()
+
+    def langevin_alpha(self, t: TimeLike) -> torch.Tensor:
+        return self.chain.alphas[self.index(self._time(t))]
+
+    def _params(self) -> dict[str, Any]:
+        if self.table_given:
+            return {"N": self.N, "alphas_cumprod": f"<table, last {float(self.chain.alphas_cumprod[-1]):.4g}>"}
+        return {"beta_schedule": self.beta_schedule, "beta_start": self.beta_start, "beta_end": self.beta_end, "N": self.N}
 
 
 def get_sde(name: str, **kwargs: Any) -> LinearSDE:

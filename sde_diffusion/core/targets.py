@@ -42,6 +42,25 @@ def anisotropic(dim: int = 8, n_modes: int = 4, seed: int = 0) -> GaussianMixtur
     return GaussianMixture(torch.arange(1, n_modes + 1, dtype=torch.float64), means, cov)
 
 
+def multiscale(dim: int = 16, n_modes: int = 5, seed: int = 1) -> GaussianMixture:
+    """A fixed d-dimensional mixture whose components span length scales from 0.02 to 1.
+
+    Means ~ N(0, 4 I); each covariance is Q diag(s²) Qᵀ with a random rotation Q and standard
+    deviations s log-spaced from 0.02 to 1 (condition number 2500); weights ∝ 1, 2, 4, ..., 2^(K-1).
+    Deterministic in ``seed``. It is a held-out target: no sampler default was tuned on it.
+    """
+    g = torch.Generator().manual_seed(seed)
+    means = 2.0 * torch.randn(n_modes, dim, generator=g, dtype=torch.float64)
+    var = torch.logspace(math.log10(0.02), 0.0, dim, dtype=torch.float64) ** 2
+    covs = []
+    for _ in range(n_modes):
+        q, _ = torch.linalg.qr(torch.randn(dim, dim, generator=g, dtype=torch.float64))
+        covs.append(q @ torch.diag(var) @ q.T)
+    cov = torch.stack(covs)
+    cov = 0.5 * (cov + cov.transpose(1, 2))
+    return GaussianMixture(2.0 ** torch.arange(n_modes, dtype=torch.float64), means, cov)
+
+
 Sampler = Callable[[int, Optional[torch.Generator]], torch.Tensor]
 TOY_DATA: Registry[Sampler] = Registry("2-D data set")
 

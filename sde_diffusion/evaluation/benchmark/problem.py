@@ -22,6 +22,8 @@ NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 #: Option names that make a method adaptive.
 TOLERANCE_OPTIONS = ("rtol", "atol", "eps_rel", "eps_abs")
+#: torchdiffeq's adaptive Runge–Kutta methods (they accept ``step_t``).
+ADAPTIVE_RK = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 #: Warn when a final denoise at eps would shrink the finest mode's spread by more than this.
 SPREAD_TOLERANCE = 0.01
 #: Step counts of the two probe runs that measure nfe(steps) = a + b·steps.
@@ -176,7 +178,9 @@ def reference_solution(
     every linear SDE reads dy/du = y - D(α y, t(u)) with D = x̂_0 the Tweedie denoiser (Karras et al.
     2022, eq. 4 with σ(t) = t, s(t) = 1, after dσ = σ du). The right-hand side is smooth in u and
     the variables differ from those of the samplers, so the reference is an independent solution.
-    The state is float64 whatever ``problem.dtype``; the score is called in ``problem.dtype``.
+    The state is float64 whatever ``problem.dtype``; the score is called in ``problem.dtype``. An
+    adaptive solver's last step is made to end at eps (torchdiffeq's ``step_t``), so the score is
+    never probed past it (where a pretrained model has no timestep).
     """
     if problem.eps <= 0.0:
         raise ValueError("the reference needs eps > 0 (the ODE in log σ/α ends at σ > 0)")
@@ -195,7 +199,8 @@ def reference_solution(
     t1 = torch.tensor(problem.eps, dtype=torch.float64)
     u_span = torch.stack([-sde.lambda_(t0), -sde.lambda_(t1)])
     with torch.no_grad():
-        y = odeint(velocity, x_start.to(torch.float64) / sde.alpha(t0), u_span, rtol=rtol, atol=atol, method=method)[-1]
+        options = {"step_t": u_span[1:]} if method in ADAPTIVE_RK else None
+        y = odeint(velocity, x_start.to(torch.float64) / sde.alpha(t0), u_span, rtol=rtol, atol=atol, method=method, options=options)[-1]
         x = sde.alpha(t1) * y
         if problem.denoise:
             x = tweedie_denoise(sde, score, x, problem.eps)
