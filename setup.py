@@ -18,6 +18,7 @@ setup(
     package_dir={"sde_diffusion.configs": "configs"},
     install_requires=[
         "torch>=2.0",
+        "Pillow>=9.0",
         "torchdiffeq>=0.2.3",
         "scipy>=1.10",
         "numpy>=1.24",

@@ -15,15 +15,14 @@ A training step is one DSM loss (times, noise, forward, loss), backward and Adam
 networks through ``losses.get_loss_fn``, the diffusers one through the ε-prediction loss of its own
 training script. A sampling NFE is one score evaluation of the batch under ``torch.no_grad``, through
 ``models.get_score_fn`` and ``interop.from_diffusers``. The networks take turns in every repeat (so
-that a change in machine load hits all of them) and the median of the repeats is reported, after one
-warm-up. "per Mparam" multiplies a rate by the parameter count: the work rate per parameter, whose
+that a change in machine load hits all of them) and the fastest repeat is reported (the least
+disturbed by other processes, as ``timeit`` does), after one warm-up. "per Mparam" multiplies a rate by the parameter count: the work rate per parameter, whose
 ratio to diffusers' is the last column (> 1: faster per parameter).
 """
 from __future__ import annotations
 
 import argparse
 import platform
-import statistics
 import time
 from collections.abc import Callable
 
@@ -149,14 +148,14 @@ def main() -> None:
             c.sample_times.append(timed(c.nfe, device))
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or platform.machine()}, {args.threads} threads"
     print(f"# bench_models: batch {args.batch}, 32x32x3, {args.precision}, channels_last={args.channels_last}, "
-          f"compile={args.compile}, {device} ({hardware}), torch {torch.__version__}, median of {args.repeats}")
+          f"compile={args.compile}, {device} ({hardware}), torch {torch.__version__}, best of {args.repeats}")
     print("| network | params (M) | train steps/s | NFE/s | train steps/s per Mparam | NFE/s per Mparam | ratio to diffusers per Mparam (train, NFE) |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     peer = runs[-1]
-    peer_train = peer.params / 1e6 / statistics.median(peer.train_times)
-    peer_nfe = peer.params / 1e6 / statistics.median(peer.sample_times)
+    peer_train = peer.params / 1e6 / min(peer.train_times)
+    peer_nfe = peer.params / 1e6 / min(peer.sample_times)
     for c in runs:
-        train_rate, nfe_rate = 1 / statistics.median(c.train_times), 1 / statistics.median(c.sample_times)
+        train_rate, nfe_rate = 1 / min(c.train_times), 1 / min(c.sample_times)
         mp = c.params / 1e6
         print(f"| {c.name} | {mp:.1f} | {train_rate:.3f} | {nfe_rate:.2f} | {train_rate * mp:.2f} | {nfe_rate * mp:.1f} |"
               f" {train_rate * mp / peer_train:.2f}, {nfe_rate * mp / peer_nfe:.2f} |")

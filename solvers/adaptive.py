@@ -3,7 +3,8 @@ Gotta-Go-Fast reverse-SDE solver (Jolicoeur-Martineau et al. 2021, Alg. 1).
 
 Both control a scaled RMS error E = ‖(x_high - x_low)/δ‖₂/√n with
 δ = max(ε_abs, ε_rel · max(|x_low|, |x_prev|)), accept a step when E ≤ 1 and set the next step to
-h ← min(θ h E^{-r}, remaining). Neither takes ``steps``.
+h ← min(θ h E^{-r}, remaining). Neither takes ``steps``; both name the tolerances ``rtol`` (ε_rel)
+and ``atol`` (ε_abs).
 """
 from __future__ import annotations
 
@@ -12,13 +13,12 @@ from typing import Any, Optional
 
 import torch
 
-from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.utils import append_dims
 
-from .common import ScoreFn, noise_like
+from .common import Run, noise_like
 from .dpm_solver import SINGLESTEP_FRACTIONS, singlestep_update
-from .registry import register_method
-from .schedules import check_positive_eps, data_prediction, nodes, nodes_at_lambda, resolve_t_start
+from .schedules import data_prediction, nodes, nodes_at_lambda
+from .spec import ADAPTIVE, POSITIVE_EPS, choice, flag, non_negative, number, positive, register_method
 
 #: The adaptive DPM-Solver stops when λ(eps) - λ_s is below this.
 LAMBDA_TOLERANCE = 1e-5
@@ -30,54 +30,33 @@ def scaled_error(x_high: torch.Tensor, x_low: torch.Tensor, x_prev: torch.Tensor
     return ((x_high - x_low) / delta).reshape(x_low.shape[0], -1).pow(2).mean(dim=1).sqrt()
 
 
-def check_tolerances(**values: float) -> None:
-    for name, value in values.items():
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-
-
-def check_no_steps(steps: Optional[int], method: str) -> None:
-    if steps is not None:
-        raise ValueError(f"{method} chooses its own steps; got steps={steps} (set the tolerances instead)")
+#: The options of both methods' step-size control: tolerances, first step and safety factor θ.
+def control_options(rtol: float, atol: float, h_init: float) -> dict[str, Any]:
+    return {"rtol": non_negative(rtol), "atol": non_negative(atol), "h_init": positive(h_init),
+            "safety": number(0.9, 0.0, 1.0, low_open=True), "denoise": flag(True)}
 
 
 @register_method(
     "dpm_solver_adaptive",
-    options={"order": 3, "rtol": 0.05, "atol": 0.0078, "h_init": 0.05, "safety": 0.9, "t_start": None, "denoise": True},
-    deterministic=True,
+    ADAPTIVE,
+    options={"order": choice(3, (2, 3)), **control_options(0.05, 0.0078, 0.05)},
+    takes=("eps", "t_start"),
+    deterministic=lambda options: True,
+    adaptive=lambda options: True,
+    requires=(POSITIVE_EPS,),
 )
-def dpm_solver_adaptive(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    order: int,
-    rtol: float,
-    atol: float,
-    h_init: float,
-    safety: float,
-    t_start: Optional[float],
-    denoise: bool,
-) -> tuple[torch.Tensor, dict[str, Any]]:
+def dpm_solver_adaptive(run: Run, x: torch.Tensor, *, order: int, rtol: float, atol: float, h_init: float,
+                        safety: float, denoise: bool) -> tuple[torch.Tensor, dict[str, Any]]:
     """Adaptive DPM-Solver-12 (order 2) or -23 (order 3) with steps h in λ (Lu et al. 2022a, App. C).
 
     Each attempt is a DPM-Solver-k step with its embedded order k-1 solution (DPM-Solver-1, or
     DPM-Solver-2 with r_1 = 1/3), sharing every evaluation; E is the largest per-sample error over
     the batch; h ← min(θ h E^{-1/k}, λ(eps) - λ_s). NFE = k · (accepted + rejected) (+1 with
-    ``denoise``); the info dict reports ``accepted``, ``rejected`` and ``nfe``.
+    ``denoise``); the info dict reports ``accepted``, ``rejected`` and ``nfe``. The callback fires
+    after each accepted step.
     """
-    check_no_steps(steps, "dpm_solver_adaptive")
-    if order not in (2, 3):
-        raise ValueError(f"order must be 2 (DPM-Solver-12) or 3 (DPM-Solver-23), got {order!r}")
-    check_tolerances(rtol=rtol, atol=atol)
-    if not (h_init > 0 and 0 < safety <= 1):
-        raise ValueError(f"need h_init > 0 and safety in (0, 1], got h_init={h_init}, safety={safety}")
-    check_positive_eps(eps, "dpm_solver_adaptive")
-    start, last = nodes(sde, torch.tensor([resolve_t_start(sde, t_start, eps), eps], dtype=torch.float64))
+    sde = run.sde
+    start, last = nodes(sde, torch.tensor([run.t_start, run.eps], dtype=torch.float64))
     fractions = SINGLESTEP_FRACTIONS[order]
     s, h, x_prev = start, h_init, x
     accepted = rejected = 0
@@ -85,25 +64,22 @@ def dpm_solver_adaptive(
         h = min(h, last.lam - s.lam)
         attempt = nodes_at_lambda(sde, [s.lam + r * h for r in fractions] + [s.lam + h])
         t = last if h == last.lam - s.lam else attempt[-1]
-        x_high, x_low = singlestep_update(score_fn, x, s, attempt[:-1], t)
+        run.begin_step(accepted)
+        x_high, x_low = singlestep_update(run.score, x, s, attempt[:-1], t)
         error = float(scaled_error(x_high, x_low, x_prev, atol, rtol).max())
         if not math.isfinite(error):
+            run.score.check()
             raise FloatingPointError(f"dpm_solver_adaptive: non-finite error estimate at t = {s.t}")
         if error <= 1.0:
             x, x_prev, s = x_high, x_low, t
+            run.step_done(accepted)
             accepted += 1
         else:
             rejected += 1
         h = safety * h * max(error, 1e-10) ** (-1.0 / order)
     nfe = order * (accepted + rejected) + int(denoise)
-    out = data_prediction(score_fn, x, last) if denoise else x
+    out = data_prediction(run.score, x, last) if denoise else x
     return out, {"accepted": accepted, "rejected": rejected, "nfe": nfe}
-
-
-def reverse_drift(sde: LinearSDE, score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reverse-SDE drift f(t) x - g(t)² s(x, t) and g(t)² at per-sample times t, shapes of x."""
-    f, g2 = append_dims(sde.f(t), x.ndim).to(x.dtype), append_dims(sde.g2(t), x.ndim).to(x.dtype)
-    return f * x - g2 * score_fn(x, t.to(x.dtype)), g2
 
 
 class BrownianMemory:
@@ -164,25 +140,13 @@ class BrownianMemory:
 
 @register_method(
     "gotta_go_fast",
-    options={"eps_abs": 0.0078, "eps_rel": 0.05, "h_init": 0.01, "safety": 0.9, "exponent": 0.9, "t_start": None, "denoise": True},
+    ADAPTIVE,
+    options={**control_options(0.05, 0.0078, 0.01), "exponent": positive(0.9)},
+    takes=("eps", "t_start"),
+    adaptive=lambda options: True,
 )
-def gotta_go_fast(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    eps_abs: float,
-    eps_rel: float,
-    h_init: float,
-    safety: float,
-    exponent: float,
-    t_start: Optional[float],
-    denoise: bool,
-) -> tuple[torch.Tensor, dict[str, Any]]:
+def gotta_go_fast(run: Run, x: torch.Tensor, *, rtol: float, atol: float, h_init: float, safety: float,
+                  exponent: float, denoise: bool) -> tuple[torch.Tensor, dict[str, Any]]:
     """Adaptive improved Euler on the reverse SDE, per sample (Jolicoeur-Martineau et al. 2021, Alg. 1).
 
     With the same Brownian increment ΔW (= √h z) in both stages and b(x, t) = f(t) x - g(t)² s(x, t):
@@ -190,36 +154,33 @@ def gotta_go_fast(
         x' = x - h b(x, t) + g(t) ΔW                               (Euler–Maruyama)
         x̃ = x - h b(x', t - h) + g(t - h) ΔW,  x'' = (x' + x̃)/2    (improved Euler)
 
-    E = ‖(x' - x'')/δ‖₂/√n with δ = max(ε_abs, ε_rel max(|x'|, |x'_prev|)); a sample accepts when
-    E ≤ 1 (keeping x'', extrapolation) and every sample sets h ← min(t - eps, θ h E^{-r}). Unlike the
-    paper, which redraws z after a rejection, the increments come from ``BrownianMemory`` so that
-    rejections do not bias the noise (measured here: redrawing skews the ring's mode weights to a
-    total variation of 0.08 at eps_rel = 0.02). Each sample has its own t and h, so ``score_fn``
-    gets non-constant (B,) times. nfe counts batched score calls: 2 per iteration, all samples
-    together (finished and rejected ones included), plus the final Tweedie denoise. The info dict
-    holds ``iterations``, per-sample ``accepted`` and ``rejected`` totals summed over the batch, and
-    ``nfe``.
+    E = ‖(x' - x'')/δ‖₂/√n with δ = max(atol, rtol max(|x'|, |x'_prev|)) (the paper's ε_abs, ε_rel);
+    a sample accepts when E ≤ 1 (keeping x'', extrapolation) and every sample sets
+    h ← min(t - eps, θ h E^{-r}). Unlike the paper, which redraws z after a rejection, the increments
+    come from ``BrownianMemory`` so that rejections do not bias the noise (redrawing skews the mode
+    weights; README, "Fast solvers"). Each sample has its own t and h, so ``score_fn`` gets
+    non-constant (B,) times. nfe counts batched score calls: 2 per iteration, all samples together
+    (finished and rejected ones included), plus the final Tweedie denoise. The info dict holds
+    ``iterations``, per-sample ``accepted`` and ``rejected`` totals summed over the batch, and
+    ``nfe``. The callback fires after each iteration (a step of every unfinished sample).
     """
-    check_no_steps(steps, "gotta_go_fast")
-    check_tolerances(eps_abs=eps_abs, eps_rel=eps_rel)
-    if not (h_init > 0 and 0 < safety <= 1 and exponent > 0):
-        raise ValueError(f"need h_init > 0, safety in (0, 1], exponent > 0; got {h_init}, {safety}, {exponent}")
-    start, last = nodes(sde, torch.tensor([resolve_t_start(sde, t_start, eps), eps], dtype=torch.float64))
+    sde, eps, generator = run.sde, run.eps, run.generator
+    start, last = nodes(sde, torch.tensor([run.t_start, eps], dtype=torch.float64))
     t = torch.full((x.shape[0],), start.t, dtype=torch.float64, device=x.device)
     h = torch.full_like(t, min(h_init, start.t - eps))
     x_prev, memory = x, BrownianMemory(x)
     accepted = rejected = iterations = 0
     while bool((t > eps).any()):
+        run.begin_step(iterations)
         active = t > eps
         h, dw = memory.take(h, generator)
         hb = append_dims(h, x.ndim).to(x.dtype)
         t_next = torch.where(h >= t - eps, torch.full_like(t, eps), t - h)
-        drift, g2 = reverse_drift(sde, score_fn, x, t)
-        x_euler = x - hb * drift + g2.sqrt() * dw
-        drift_next, g2_next = reverse_drift(sde, score_fn, x_euler, t_next)
-        x_tilde = x - hb * drift_next + g2_next.sqrt() * dw
+        g, g_next = append_dims(sde.g2(t), x.ndim).to(x.dtype).sqrt(), append_dims(sde.g2(t_next), x.ndim).to(x.dtype).sqrt()
+        x_euler = x - hb * sde.reverse_drift(x, t, run.score(x, t.to(x.dtype))) + g * dw
+        x_tilde = x - hb * sde.reverse_drift(x_euler, t_next, run.score(x_euler, t_next.to(x.dtype))) + g_next * dw
         x_heun = (x_euler + x_tilde) / 2
-        error = scaled_error(x_heun, x_euler, x_prev, eps_abs, eps_rel).to(torch.float64)
+        error = scaled_error(x_heun, x_euler, x_prev, atol, rtol).to(torch.float64)
         accept = active & (error <= 1.0)
         memory.settle(accept, active, h, dw)
         x = torch.where(append_dims(accept, x.ndim), x_heun, x)
@@ -228,6 +189,7 @@ def gotta_go_fast(
         h = torch.minimum(t - eps, safety * h * error.clamp(min=1e-10) ** (-exponent))
         accepted += int(accept.sum())
         rejected += int((active & ~accept).sum())
+        run.step_done(iterations)
         iterations += 1
-    out = data_prediction(score_fn, x, last) if denoise else x
+    out = data_prediction(run.score, x, last) if denoise else x
     return out, {"iterations": iterations, "accepted": accepted, "rejected": rejected, "nfe": 2 * iterations + int(denoise)}

@@ -12,23 +12,16 @@ which σ_t ∫_0^h e^{λ_s + u} u^k/k! du = α_t h^{k+1} φ_{k+1}(-h).
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any
 
 import torch
 
-from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 
-from .common import ScoreFn, noise_like, progress_range
-from .registry import register_method
-from .schedules import (
-    GRID_OPTIONS,
-    Node,
-    check_positive_eps,
-    data_prediction,
-    nodes_at_lambda,
-    noise_prediction,
-    schedule_nodes,
-)
+from .common import Run, noise_like
+from .grid import GridStepper, grid_nfe, grid_options, run_grid
+from .schedules import Node, data_prediction, nodes_at_lambda, noise_prediction
+from .spec import FIXED_GRID, POSITIVE_EPS, choice, flag, register_method
 
 
 def phi(k: int, z: float) -> float:
@@ -40,11 +33,6 @@ def phi(k: int, z: float) -> float:
     for j in range(1, k):
         value = (value - 1.0 / math.factorial(j)) / z
     return value
-
-
-def check_order(order: int, allowed: tuple[int, ...], method: str) -> None:
-    if order not in allowed:
-        raise ValueError(f"order must be one of {allowed} for {method}, got {order!r}")
 
 
 # --- DPM-Solver, singlestep, noise prediction (Lu et al. 2022a) -------------------------------------
@@ -108,38 +96,36 @@ def singlestep_update(
     return dpm_solver_3_update(score_fn, x, s, mids[0], mids[1], t)
 
 
-@register_method("dpm_solver", options={"order": 3, **GRID_OPTIONS}, deterministic=True)
-def dpm_solver(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    order: int,
-    schedule: str,
-    rho: float,
-    t_start: Optional[float],
-    denoise: bool,
-) -> torch.Tensor:
+class DPMSolver(GridStepper):
+    """Singlestep DPM-Solver-k: the intermediate nodes at λ_s + r h are placed once, before the loop."""
+
+    def __init__(self, run: Run, grid: list[Node], order: int) -> None:
+        super().__init__(run, grid)
+        fractions = SINGLESTEP_FRACTIONS[order]
+        lams = [s.lam + r * (t.lam - s.lam) for s, t in zip(grid[:-1], grid[1:]) for r in fractions]
+        self.mids = nodes_at_lambda(run.sde, lams) if lams else []
+        self.k = len(fractions)
+
+    def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return singlestep_update(self.score, x, self.grid[i], self.mids[self.k * i : self.k * (i + 1)], self.grid[i + 1])[0]
+
+
+@register_method(
+    "dpm_solver",
+    FIXED_GRID,
+    options={"order": choice(3, (1, 2, 3)), **grid_options("logsnr")},
+    default_steps=10,
+    deterministic=lambda options: True,
+    nfe=lambda steps, options: options["order"] * steps + int(options["denoise"]),
+    requires=(POSITIVE_EPS,),
+)
+def dpm_solver(run: Run, x: torch.Tensor, *, order: int, **grid: Any) -> torch.Tensor:
     """Singlestep DPM-Solver-1/2/3 on the PF-ODE with noise prediction ε̂ = -σ s (Lu et al. 2022a, §3.3).
 
     ``steps`` steps of order ``order`` (DPM-Solver-1 is DDIM with η = 0); the intermediate times sit
     at λ_s + r h with r = 1/2 (order 2) or 1/3, 2/3 (order 3). NFE = order · steps (+1 with ``denoise``).
     """
-    check_order(order, (1, 2, 3), "dpm_solver")
-    check_positive_eps(eps, "dpm_solver")
-    steps = steps or 10
-    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
-    fractions = SINGLESTEP_FRACTIONS[order]
-    lams = [s.lam + r * (t.lam - s.lam) for s, t in zip(grid[:-1], grid[1:]) for r in fractions]
-    mids = nodes_at_lambda(sde, lams) if lams else []
-    k = len(fractions)
-    for i in progress_range(steps, progress):
-        x, _ = singlestep_update(score_fn, x, grid[i], mids[k * i : k * (i + 1)], grid[i + 1])
-    return data_prediction(score_fn, x, grid[-1]) if denoise else x
+    return run_grid(DPMSolver, run, x, order=order, **grid)
 
 
 # --- DPM-Solver++, multistep, data prediction (Lu et al. 2022b) -------------------------------------
@@ -167,8 +153,8 @@ def multistep_update(x: torch.Tensor, s: Node, t: Node, terms: list[torch.Tensor
         x_t = (σ_t/σ_s) x_s + α_t Σ_j h^{j+1} φ_{j+1}(-h) x̂_0^{(j)}(λ_s)
 
     (k = 1 is DDIM in data form). For 3M the reference implementations (dpm-solver, diffusers,
-    k-diffusion) weight x̂_0'' by half of this, which leaves them second order (measured slope 1.9
-    on the ring); this form measures 3.1-3.3."""
+    k-diffusion) weight x̂_0'' by half of this, which makes them second order only; this form is
+    third order (README, "Fast solvers")."""
     h = t.lam - s.lam
     x_t = (t.sigma / s.sigma) * x
     for j, term in enumerate(terms):
@@ -182,37 +168,42 @@ def step_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
     return [min(order, i + 1, steps - i) if lower_order_final else min(order, i + 1) for i in range(steps)]
 
 
-@register_method("dpm_solver_pp", options={"order": 3, "lower_order_final": True, **GRID_OPTIONS}, deterministic=True)
-def dpm_solver_pp(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    order: int,
-    lower_order_final: bool,
-    schedule: str,
-    rho: float,
-    t_start: Optional[float],
-    denoise: bool,
-) -> torch.Tensor:
+class Multistep(GridStepper):
+    """A multistep method on the last ``order`` data predictions x̂_0 (one new evaluation per step),
+    at the orders of ``step_orders``."""
+
+    def __init__(self, run: Run, grid: list[Node], order: int, lower_order_final: bool) -> None:
+        super().__init__(run, grid)
+        self.order, self.orders = order, step_orders(len(grid) - 1, order, lower_order_final)
+        self.history: list[tuple[Node, torch.Tensor]] = []
+
+    def terms(self, i: int, x: torch.Tensor) -> list[torch.Tensor]:
+        """The Taylor terms at node i after its new data prediction joins the history."""
+        self.history = (self.history + [(self.grid[i], data_prediction(self.score, x, self.grid[i]))])[-self.order :]
+        return taylor_terms(self.history[-self.orders[i] :])
+
+
+class DPMSolverPP(Multistep):
+    def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        return multistep_update(x, self.grid[i], self.grid[i + 1], self.terms(i, x))
+
+
+@register_method(
+    "dpm_solver_pp",
+    FIXED_GRID,
+    options={"order": choice(3, (1, 2, 3)), "lower_order_final": flag(True), **grid_options("logsnr")},
+    default_steps=20,
+    deterministic=lambda options: True,
+    nfe=grid_nfe(1),
+    requires=(POSITIVE_EPS,),
+)
+def dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, **grid: Any) -> torch.Tensor:
     """Multistep DPM-Solver++(2M) / (3M) on the PF-ODE with data prediction (Lu et al. 2022b, Alg. 2).
 
     Each step reuses the last ``order`` data predictions x̂_0 = (x + σ² s)/α (one new evaluation per
     step). NFE = steps (+1 with ``denoise``, the final x̂_0 at eps).
     """
-    check_order(order, (1, 2, 3), "dpm_solver_pp")
-    check_positive_eps(eps, "dpm_solver_pp")
-    steps = steps or 20
-    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
-    history: list[tuple[Node, torch.Tensor]] = []
-    for i, k in zip(progress_range(steps, progress), step_orders(steps, order, lower_order_final)):
-        history = (history + [(grid[i], data_prediction(score_fn, x, grid[i]))])[-order:]
-        x = multistep_update(x, grid[i], grid[i + 1], taylor_terms(history[-k:]))
-    return data_prediction(score_fn, x, grid[-1]) if denoise else x
+    return run_grid(DPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, **grid)
 
 
 # --- SDE-DPM-Solver++(2M), data prediction (Lu et al. 2022b, App. B) --------------------------------
@@ -233,37 +224,26 @@ def sde_multistep_update(
     return (t.sigma / s.sigma) * math.exp(-h) * x + t.alpha * decay * denoised + t.sigma * math.sqrt(decay) * z
 
 
-@register_method("sde_dpm_solver_pp", options={"order": 2, "lower_order_final": True, **GRID_OPTIONS, "schedule": "quadratic"})
-def sde_dpm_solver_pp(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    order: int,
-    lower_order_final: bool,
-    schedule: str,
-    rho: float,
-    t_start: Optional[float],
-    denoise: bool,
-) -> torch.Tensor:
+class SDEDPMSolverPP(Multistep):
+    def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        terms = self.terms(i, x)
+        return sde_multistep_update(x, self.grid[i], self.grid[i + 1], terms, noise_like(x, self.run.generator))
+
+
+@register_method(
+    "sde_dpm_solver_pp",
+    FIXED_GRID,
+    options={"order": choice(2, (1, 2)), "lower_order_final": flag(True), **grid_options("quadratic")},
+    default_steps=20,
+    nfe=grid_nfe(1),
+    requires=(POSITIVE_EPS,),
+)
+def sde_dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, **grid: Any) -> torch.Tensor:
     """SDE-DPM-Solver++(1) / (2M): a discretisation of the reverse SDE (not an ancestral sampler)
     with data prediction (Lu et al. 2022b, App. B; diffusers' ``sde-dpmsolver++``).
 
     NFE = steps (+1 with ``denoise``); ``lower_order_final`` makes the last step first order. The
-    default grid is time-quadratic: at 10 NFE it kept ≥ 97% of ring samples on the modes for every
-    SDE, where the logSNR / Karras grids let 0.5-24% / 4-47% stray (from σ/α = 80, or from T on
-    sub-VP).
+    default grid is time-quadratic, which kept the ring's samples on its modes at 10 NFE on every
+    SDE where the logSNR and Karras grids did not (README, "Fast solvers").
     """
-    check_order(order, (1, 2), "sde_dpm_solver_pp")
-    check_positive_eps(eps, "sde_dpm_solver_pp")
-    steps = steps or 20
-    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
-    history: list[tuple[Node, torch.Tensor]] = []
-    for i, k in zip(progress_range(steps, progress), step_orders(steps, order, lower_order_final)):
-        history = (history + [(grid[i], data_prediction(score_fn, x, grid[i]))])[-order:]
-        x = sde_multistep_update(x, grid[i], grid[i + 1], taylor_terms(history[-k:]), noise_like(x, generator))
-    return data_prediction(score_fn, x, grid[-1]) if denoise else x
+    return run_grid(SDEDPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, **grid)

@@ -11,42 +11,36 @@ Stiff steps. Written with the denoiser, a Heun step σ̃_s → σ̃_t with r = �
 a convex combination of x̃ and the two denoised estimates only while r ≥ 1/2; below, the trapezoidal
 corrector (A- but not L-stable) extrapolates past D' by (1/(2r) - 1)(D' - D). Where the two
 estimates differ, i.e. where a step crosses the levels at which the modes separate, a large step
-throws samples off the data: at 10 evaluations every step has r ≈ 0.05-0.25, and EDM's default
-sampler put 85-100% of the ring's samples off its modes on sub-VP, VE and cosine VP (Heun on its
-Karras grid 96-100% on sub-VP and VE). On steps with r < ``STIFF_RATIO`` = 1/4, where that
-extrapolation would exceed the whole difference D' - D, both samplers take the exponential midpoint
-step instead (DPM-Solver++(2S) with r₁ = 1/2, Lu et al. 2022): Euler to the node m half-way in
-λ = -log σ̃, then
+throws samples off the data (few-step grids have r well below 1/4 on most steps; README, "Fast
+solvers"). On steps with r < ``STIFF_RATIO`` = 1/4, where that extrapolation would exceed the whole
+difference D' - D, both samplers take the exponential midpoint step instead (DPM-Solver++(2S) with
+r₁ = 1/2, Lu et al. 2022): Euler to the node m half-way in λ = -log σ̃, then
 
     x̃_t = r x̃ + (1 - r) D(x̃_m; σ̃_m),
 
 second order as well, with the same two evaluations, and always a convex combination of x̃ and a
 denoised estimate. Grids with r ≥ 1/4 on every step but the last (Euler) one, e.g. EDM's 18-step
-Karras grid from 80 to 0.002 (smallest such r: 0.33), are sampled exactly as by Karras et al.
+Karras grid from 80 to 0.002, are sampled exactly as by Karras et al.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 
-from .common import ScoreFn, noise_like, progress_range
-from .registry import register_method
-from .schedules import (
-    GRID_OPTIONS,
-    Node,
-    check_positive_eps,
-    data_prediction,
-    nodes_at_lambda,
-    schedule_nodes,
-)
+from .common import Run, noise_like
+from .grid import GridStepper, grid_nfe, grid_options, run_grid
+from .schedules import Node, data_prediction, nodes_at_lambda
+from .spec import FIXED_GRID, POSITIVE_EPS, non_negative, register_method
 
 #: A step σ̃_s → σ̃_t with σ̃_t < STIFF_RATIO · σ̃_s is stiff: Heun's corrector would extrapolate past
 #: D(x̃'; σ̃_t) by more than its distance to D(x̃; σ̃_s).
 STIFF_RATIO = 0.25
+
 
 def denoiser(score_fn: ScoreFn, x_tilde: torch.Tensor, node: Node) -> torch.Tensor:
     """D(x̃; σ̃) = x̂_0(α x̃, t): Tweedie at the point x = α x̃ of time t."""
@@ -93,26 +87,34 @@ def second_order_step(score_fn: ScoreFn, x_tilde: torch.Tensor, s: Node, t: Node
     return heun_step(score_fn, x_tilde, s, t)
 
 
-def finish(score_fn: ScoreFn, x_tilde: torch.Tensor, last: Node, denoise: bool) -> torch.Tensor:
-    """The sample in x: the Euler step to σ̃ = 0 (x̂_0) with ``denoise``, else α x̃ at eps."""
-    return denoiser(score_fn, x_tilde, last) if denoise else last.alpha * x_tilde
+class Heun(GridStepper):
+    """Heun's method on x̃ = x/α: ``second_order_step`` on each step, the midpoints placed once."""
+
+    def __init__(self, run: Run, grid: list[Node]) -> None:
+        super().__init__(run, grid)
+        self.mids = midpoints(run.sde, grid[:-1], grid[1:])
+
+    def start(self, x: torch.Tensor) -> torch.Tensor:
+        return x / self.grid[0].alpha
+
+    def step(self, i: int, x_tilde: torch.Tensor) -> torch.Tensor:
+        return second_order_step(self.score, x_tilde, self.grid[i], self.grid[i + 1], self.mids[i], last=i == len(self.grid) - 2)
+
+    def finish(self, x_tilde: torch.Tensor) -> torch.Tensor:
+        """x = α x̃ at eps; the driver's denoise is then EDM's Euler step to σ̃ = 0, D(x̃; σ̃(eps))."""
+        return self.grid[-1].alpha * x_tilde
 
 
-@register_method("heun", options={**GRID_OPTIONS, "schedule": "karras"}, deterministic=True)
-def heun(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    schedule: str,
-    rho: float,
-    t_start: Optional[float],
-    denoise: bool,
-) -> torch.Tensor:
+@register_method(
+    "heun",
+    FIXED_GRID,
+    options=grid_options("karras"),
+    default_steps=17,
+    deterministic=lambda options: True,
+    nfe=grid_nfe(2, -1),
+    requires=(POSITIVE_EPS,),
+)
+def heun(run: Run, x: torch.Tensor, **grid: Any) -> torch.Tensor:
     """Heun's 2nd-order method on the PF-ODE in (x̃, σ̃) (Karras et al. 2022, Alg. 1).
 
     ``steps`` steps from t_start to eps, Heun but Euler on the last one (whose corrector d' would
@@ -120,14 +122,7 @@ def heun(
     exponential midpoint step on stiff ones (module docstring), then (``denoise``) the Euler step
     to σ̃ = 0. NFE = 2 · steps - 1 (+1 with ``denoise``).
     """
-    check_positive_eps(eps, "heun")
-    steps = steps or 17
-    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
-    mids = midpoints(sde, grid[:-1], grid[1:])
-    x_tilde = x / grid[0].alpha
-    for i in progress_range(steps, progress):
-        x_tilde = second_order_step(score_fn, x_tilde, grid[i], grid[i + 1], mids[i], last=i == steps - 1)
-    return finish(score_fn, x_tilde, grid[-1], denoise)
+    return run_grid(Heun, run, x, **grid)
 
 
 def churned_nodes(sde: LinearSDE, grid: list[Node], s_churn: float, s_tmin: float, s_tmax: float) -> list[Node]:
@@ -137,36 +132,42 @@ def churned_nodes(sde: LinearSDE, grid: list[Node], s_churn: float, s_tmin: floa
 
     The last step, a first-order Euler step, is never churned: in EDM it starts at σ_min = 0.002
     < S_tmin, so the added noise is always removed by a second-order step. Here the last step starts
-    where the grid puts it (σ̃ = 0.18 on VP at 5 steps) and churning it costs 10 NFE runs on the
-    ring about 0.3% more samples off the modes (VP, 3 seeds of 2000)."""
+    where the grid puts it, possibly well inside [S_tmin, S_tmax], where its noise would not be
+    removed."""
     gamma = min(s_churn / (len(grid) - 1), math.sqrt(2.0) - 1.0)
     churned = [i for i, s in enumerate(grid[:-2]) if gamma > 0 and s_tmin <= s.sigma_tilde <= s_tmax]
     raised = dict(zip(churned, nodes_at_lambda(sde, [grid[i].lam - math.log1p(gamma) for i in churned])))
     return [raised.get(i, s) for i, s in enumerate(grid[:-1])]
 
 
+class EDM(Heun):
+    """EDM's stochastic sampler: churn to the raised level σ̂_i, then Heun's step from there."""
+
+    def __init__(self, run: Run, grid: list[Node], s_churn: float, s_tmin: float, s_tmax: float, s_noise: float) -> None:
+        GridStepper.__init__(self, run, grid)
+        self.s_noise = s_noise
+        self.raised = churned_nodes(run.sde, grid, s_churn, s_tmin, s_tmax)
+        self.mids = midpoints(run.sde, self.raised, grid[1:])
+
+    def step(self, i: int, x_tilde: torch.Tensor) -> torch.Tensor:
+        s, s_hat = self.grid[i], self.raised[i]
+        if s_hat is not s:
+            churn = math.sqrt(max(s_hat.sigma_tilde**2 - s.sigma_tilde**2, 0.0))
+            x_tilde = x_tilde + churn * self.s_noise * noise_like(x_tilde, self.run.generator)
+        return second_order_step(self.score, x_tilde, s_hat, self.grid[i + 1], self.mids[i], last=i == len(self.grid) - 2)
+
+
 @register_method(
     "edm",
-    options={"s_churn": 10.0, "s_tmin": 0.05, "s_tmax": 50.0, "s_noise": 1.0, **GRID_OPTIONS, "schedule": "quadratic"},
+    FIXED_GRID,
+    options={"s_churn": non_negative(10.0), "s_tmin": non_negative(0.05), "s_tmax": non_negative(50.0),
+             "s_noise": non_negative(1.0), **grid_options("quadratic")},
+    default_steps=17,
+    deterministic=lambda options: options["s_churn"] == 0.0 or options["s_noise"] == 0.0 or options["s_tmin"] > options["s_tmax"],
+    nfe=grid_nfe(2, -1),
+    requires=(POSITIVE_EPS,),
 )
-def edm(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    s_churn: float,
-    s_tmin: float,
-    s_tmax: float,
-    s_noise: float,
-    schedule: str,
-    rho: float,
-    t_start: Optional[float],
-    denoise: bool,
-) -> torch.Tensor:
+def edm(run: Run, x: torch.Tensor, *, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, **grid: Any) -> torch.Tensor:
     """EDM's stochastic sampler (Karras et al. 2022, Alg. 2): at each level add noise to raise σ̃_i
     to σ̂_i = σ̃_i (1 + γ_i), x̂ = x̃ + √(σ̂_i² - σ̃_i²) S_noise z, then take a Heun step σ̂_i → σ̃_{i+1}
     (the exponential midpoint step where σ̃_{i+1} < σ̂_i/4, see the module docstring).
@@ -174,25 +175,8 @@ def edm(
     σ̂_i is capped at σ̃(T) (the SDE is not defined beyond T). S_churn = 0 is Heun. EDM's ImageNet
     preset is S_churn = 40, S_tmin = 0.05, S_tmax = 50, S_noise = 1.003 at 256 steps; S_noise = 1
     is exact for an exact score. As in ``heun`` the last step is Euler (and never churned, see
-    ``churned_nodes``): NFE = 2 · steps - 1 (+1 with
-    ``denoise``). The default grid is time-quadratic, not EDM's Karras grid: at 10 NFE on the ring
-    from T (2000 samples), the Karras grid (σ̃^{1/7} uniform from σ̃(T) to σ̃(eps)) still leaves
-    4% of the samples off the modes on VP and sub-VP and 20% on cosine VP, the quadratic grid ≤ 1.5%
-    on every SDE (≤ 0.1% at 20 NFE).
+    ``churned_nodes``): NFE = 2 · steps - 1 (+1 with ``denoise``). The default grid is
+    time-quadratic, not EDM's Karras grid, which from T left more of the ring's samples off its
+    modes at 10 NFE (README, "Fast solvers").
     """
-    check_positive_eps(eps, "edm")
-    for name, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_tmax", s_tmax), ("s_noise", s_noise)):
-        if not (math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-    steps = steps or 17
-    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
-    raised = churned_nodes(sde, grid, s_churn, s_tmin, s_tmax)
-    mids = midpoints(sde, raised, grid[1:])
-    x_tilde = x / grid[0].alpha
-    for i in progress_range(steps, progress):
-        s, s_hat = grid[i], raised[i]
-        if s_hat is not s:
-            churn = math.sqrt(max(s_hat.sigma_tilde**2 - s.sigma_tilde**2, 0.0))
-            x_tilde = x_tilde + churn * s_noise * noise_like(x_tilde, generator)
-        x_tilde = second_order_step(score_fn, x_tilde, s_hat, grid[i + 1], mids[i], last=i == steps - 1)
-    return finish(score_fn, x_tilde, grid[-1], denoise)
+    return run_grid(EDM, run, x, s_churn=s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, **grid)

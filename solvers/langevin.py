@@ -3,15 +3,11 @@ Langevin sampler."""
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 import torch
 
-from sde_diffusion.core.sde_lib import LinearSDE
-from sde_diffusion.core.utils import check_positive_int
-
-from .common import ScoreFn, full_time, noise_like, progress_range, tweedie_denoise
-from .registry import register_method
+from .common import Run, full_time, noise_like, tweedie_denoise
+from .spec import DISCRETE_CHAIN, flag, integer, number, positive, register_method
 
 
 def langevin_step(x: torch.Tensor, score: torch.Tensor, step_size: float, noise: torch.Tensor) -> torch.Tensor:
@@ -40,25 +36,29 @@ def ald_step_size(sigma: float, snr: float, alpha: float) -> float:
     return 2 * alpha * (snr * sigma) ** 2
 
 
+def _check_levels(options: dict[str, object]) -> None:
+    sigma_min, sigma_max = options["sigma_min"], options["sigma_max"]
+    if sigma_max is not None and not sigma_min < sigma_max:
+        raise ValueError(f"annealed_langevin needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+
+
 @register_method(
     "annealed_langevin",
-    options={"n_steps_each": 10, "step_lr": 1e-4, "sigma_min": 0.01, "sigma_max": None, "denoise": True},
+    DISCRETE_CHAIN,
+    options={
+        "n_steps_each": integer(10),
+        "step_lr": positive(1e-4),
+        "sigma_min": positive(0.01),
+        "sigma_max": number(None, 0.0, math.inf, low_open=True, high_open=True, optional=True),
+        "denoise": flag(True),
+    },
+    default_steps=100,
+    takes=("steps",),
+    nfe=lambda steps, options: steps * options["n_steps_each"] + int(options["denoise"]),
+    check=_check_levels,
 )
-def annealed_langevin(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    n_steps_each: int,
-    step_lr: float,
-    sigma_min: float,
-    sigma_max: Optional[float],
-    denoise: bool,
-) -> torch.Tensor:
+def annealed_langevin(run: Run, x: torch.Tensor, *, n_steps_each: int, step_lr: float, sigma_min: float,
+                      sigma_max: float | None, denoise: bool) -> torch.Tensor:
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1) on geometric noise levels.
 
     On L = ``steps`` (default 100) levels σ_1 = ``sigma_max`` > ... > σ_L = ``sigma_min``, ``n_steps_each``
@@ -67,27 +67,25 @@ def annealed_langevin(
 
     Levels are noise levels of x/α, i.e. half log-SNRs λ = -log σ: the chain runs on x̃ = x/α with score
     α(t_i) ∇log p_{t_i}(α(t_i) x̃) at t_i = t(λ_i), the exact score of p_0 * N(0, σ_i²) for every SDE here
-    (VE: α = 1 and σ is the kernel std). ``sigma_max`` defaults to the SDE's top level e^{-λ(T)} (50 for
-    the default VE, 152 for VP), ``sigma_min`` to NCSN's 0.01; the prior draw is rescaled to std σ_1.
-    ``step_lr`` is tuned for σ_L = 0.01 (what matters is ε/σ_L²: scale ε by σ_L² if you change σ_L).
-    ``denoise`` ends with the Tweedie step x̃ + σ_L² s (Song & Ermon 2020). ``eps`` is unused.
+    (VE: α = 1 and σ is the kernel std). ``sigma_max`` defaults to the SDE's top level e^{-λ(T)}, ``sigma_min``
+    to NCSN's 0.01; the prior draw is rescaled to std σ_1. ``step_lr`` is tuned for σ_L = 0.01 (what
+    matters is ε/σ_L²: scale ε by σ_L² if you change σ_L). ``denoise`` ends with the Tweedie step
+    x̃ + σ_L² s (Song & Ermon 2020). The levels are set by ``sigma_max`` / ``sigma_min``, so ``t_start``
+    and ``eps`` are not taken.
     """
-    check_positive_int(n_steps_each, "n_steps_each")
-    steps = 100 if steps is None else steps
+    sde = run.sde
     top = math.exp(-float(sde.lambda_(sde.T)))
     sigma_max = top if sigma_max is None else float(sigma_max)
-    if not 0.0 < sigma_min < sigma_max:
-        raise ValueError(f"need 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
-    if step_lr <= 0:
-        raise ValueError(f"step_lr must be > 0, got {step_lr}")
-    sigmas = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), steps, dtype=torch.float64))
+    if not sigma_min < sigma_max:
+        raise ValueError(f"annealed_langevin needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    sigmas = torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), run.steps, dtype=torch.float64))
     t = sde.t_of_lambda(-torch.log(sigmas)).clamp(0.0, sde.T)
     ts, alphas, sigmas = t.tolist(), sde.alpha(t).tolist(), sigmas.tolist()
     x = x * (sigmas[0] / sde.prior_std)
-    for i in progress_range(steps, progress):
+    for i in run.stepping(run.steps):
         step_size = step_lr * sigmas[i] ** 2 / sigmas[-1] ** 2 / 2
         tt = full_time(x, ts[i])
         for _ in range(n_steps_each):
-            score = alphas[i] * score_fn(alphas[i] * x, tt)
-            x = langevin_step(x, score, step_size, noise_like(x, generator))
-    return tweedie_denoise(sde, score_fn, alphas[-1] * x, ts[-1]) if denoise else x
+            score = alphas[i] * run.score(alphas[i] * x, tt)
+            x = langevin_step(x, score, step_size, noise_like(x, run.generator))
+    return tweedie_denoise(sde, run.score, alphas[-1] * x, ts[-1]) if denoise else x

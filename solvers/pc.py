@@ -1,8 +1,9 @@
-"""Predictor–corrector sampling (Song et al. 2021, §4.2, Alg. 1): registries of predictors and correctors
-and the ``pc`` method.
+"""Predictor–corrector sampling (Song et al. 2021, §4.2, Alg. 1): registries of predictors and correctors,
+the ``pc`` method and its special case ``euler_maruyama``.
 
-A predictor factory ``(sde, steps, eps, probability_flow) -> Predictor`` fixes the time grid and returns
-its step ``(x, score at t_i, i, generator) -> x at t_{i+1}``; a corrector factory
+A predictor's factory ``(sde, times, probability_flow) -> step`` gives its step
+``(x, score at t_i, i, generator) -> x at t_{i+1}`` on the grid ``times`` (None: x does not move); a
+chain predictor walks the SDE's discrete levels, which are then the grid. A corrector factory
 ``(sde, times, snr) -> step size (score, noise, i) -> ε`` gives the Langevin step size at ``times[i]``.
 """
 from __future__ import annotations
@@ -10,18 +11,29 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
 
 import torch
 
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import LinearSDE
-from sde_diffusion.core.utils import check_positive_int
 
-from .common import ScoreFn, full_time, noise_like, progress_range, tweedie_denoise, uniform_time_grid
-from .ddpm import Levels, chain_levels
+from .common import Run, full_time, noise_like
+from .ddpm import chain_levels
+from .grid import GridStepper, grid_options, run_grid
 from .langevin import ald_step_size, langevin_step, snr_step_size
-from .registry import register_method
+from .schedules import Node
+from .spec import (
+    FIXED_GRID,
+    N_STEPS,
+    Requirement,
+    StepsOfSDE,
+    choice,
+    flag,
+    integer,
+    number,
+    register_method,
+)
 
 PredictorStep = Callable[[torch.Tensor, torch.Tensor, int, Optional[torch.Generator]], torch.Tensor]
 CorrectorStepSize = Callable[[torch.Tensor, torch.Tensor, int], float]
@@ -29,14 +41,15 @@ CorrectorStepSize = Callable[[torch.Tensor, torch.Tensor, int], float]
 
 @dataclass(frozen=True)
 class Predictor:
-    """``times``: the grid t_0 = T (or the chain's top level) > ... > t_S; ``step``: None when x does
-    not move (corrector-only sampling)."""
+    """``make(sde, times, probability_flow)``: the step on the grid ``times`` (None: x does not move,
+    corrector-only sampling); ``chain``: the predictor walks the SDE's discrete levels N, ..., 1,
+    which are its grid."""
 
-    times: list[float]
-    step: Optional[PredictorStep]
+    make: Callable[[LinearSDE, list[float], bool], Optional[PredictorStep]]
+    chain: bool = False
 
 
-PREDICTORS: Registry[Callable[..., Predictor]] = Registry("predictor")
+PREDICTORS: Registry[Predictor] = Registry("predictor")
 CORRECTORS: Registry[Callable[..., Optional[CorrectorStepSize]]] = Registry("corrector")
 
 
@@ -51,13 +64,12 @@ def _affine_step(keep: list[float], drift: list[float], std: list[float]) -> Pre
     return step
 
 
-@PREDICTORS.register("euler_maruyama")
-def euler_maruyama_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
+def euler_maruyama_predictor(sde: LinearSDE, ts: list[float], probability_flow: bool) -> PredictorStep:
     """Euler–Maruyama on the reverse SDE, or Euler on the probability-flow ODE (Song et al. 2021, eqs. 6,
-    13), on ``steps`` (default N) uniform steps from T to eps, h = t_i - t_{i+1}:
+    13), h = t_i - t_{i+1}:
       x ← x - h [f(t_i) x - c g(t_i)² s] + g̃ √h z = (1 - h f) x + c h g² s + g̃ √h z,
-    c = 1, g̃ = g (SDE);  c = ½, g̃ = 0 (ODE)."""
-    ts = uniform_time_grid(sde, steps or sde.N, eps)
+    c = 1, g̃ = g (SDE);  c = ½, g̃ = 0 (ODE): ``LinearSDE.reverse_drift`` with its coefficients
+    computed once per grid."""
     grid = torch.tensor(ts[:-1], dtype=torch.float64)
     h = [t - t_next for t, t_next in zip(ts[:-1], ts[1:])]
     f, g2 = sde.f(grid).tolist(), sde.g2(grid).tolist()
@@ -65,22 +77,20 @@ def euler_maruyama_predictor(sde: LinearSDE, steps: Optional[int], eps: float, p
     keep = [1.0 - h_i * f_i for h_i, f_i in zip(h, f)]
     drift = [c * h_i * g2_i for h_i, g2_i in zip(h, g2)]
     std = [0.0 if probability_flow else math.sqrt(h_i * g2_i) for h_i, g2_i in zip(h, g2)]
-    return Predictor(ts, _affine_step(keep, drift, std))
+    return _affine_step(keep, drift, std)
 
 
-def _chain_walk(sde: LinearSDE, steps: Optional[int], name: str) -> tuple[Levels, list[int]]:
-    """The levels of the SDE's discretisation and the levels k = N, ..., 1 a chain predictor visits: N - 1
-    transitions (from ks[:-1]), the one from level 1 to the data being the final Tweedie step (see ``pc``)."""
-    if steps not in (None, sde.N - 1):
-        raise ValueError(
-            f"predictor {name!r} walks the SDE's {sde.N} discrete levels, so steps must be N - 1 = {sde.N - 1}"
-            f" (or None); got {steps}"
-        )
-    return chain_levels(sde), list(range(sde.N, 0, -1))
+PREDICTORS.register("euler_maruyama")(Predictor(euler_maruyama_predictor))
 
 
-@PREDICTORS.register("reverse_diffusion")
-def reverse_diffusion_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
+def chain_times(sde: LinearSDE) -> list[float]:
+    """The times of the levels k = N, ..., 1 a chain predictor visits: N - 1 transitions, the one from
+    level 1 to the data being the final Tweedie step (see ``pc``)."""
+    lv = chain_levels(sde)
+    return [lv.t[k] for k in range(sde.N, 0, -1)]
+
+
+def reverse_diffusion_predictor(sde: LinearSDE, ts: list[float], probability_flow: bool) -> PredictorStep:
     """Reverse diffusion (Song et al. 2021, eq. 46): undoes the forward step x_k = a_k x_{k-1} + G_k z of
     the SDE's discretisation, from level k to k - 1:
       x ← x - (a_k - 1) x + c G_k² s_k + g̃ G_k z,   a_k = α_k / α_{k-1},  G_k² = σ_k² - a_k² σ_{k-1}²,
@@ -89,7 +99,7 @@ def reverse_diffusion_predictor(sde: LinearSDE, steps: Optional[int], eps: float
     ``sde.discretize``; sub-VP: its exact kernel at kT/N. A first-order reversal, accurate for small steps
     (G_k² ≪ 1); the cosine-VP chain's last step, clipped at β_N = 0.999, is not (x ← 1.97 x + ...): use
     ``ancestral_sampling`` there."""
-    lv, ks = _chain_walk(sde, steps, "reverse_diffusion")
+    lv, ks = chain_levels(sde), range(sde.N, 0, -1)
     c = 0.5 if probability_flow else 1.0
     keep, drift, std = [], [], []
     for k in ks[:-1]:
@@ -99,23 +109,18 @@ def reverse_diffusion_predictor(sde: LinearSDE, steps: Optional[int], eps: float
         keep.append(2.0 - a_k + c * G2 * score_shift)
         drift.append(c * G2 * score_scale)
         std.append(0.0 if probability_flow else math.sqrt(G2))
-    return Predictor([lv.t[k] for k in ks], _affine_step(keep, drift, std))
+    return _affine_step(keep, drift, std)
 
 
-@PREDICTORS.register("ancestral_sampling")
-def ancestral_sampling_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
+PREDICTORS.register("reverse_diffusion")(Predictor(reverse_diffusion_predictor, chain=True))
+
+
+def ancestral_sampling_predictor(sde: LinearSDE, ts: list[float], probability_flow: bool) -> PredictorStep:
     """Ancestral sampling of the SDE's discrete chain (Song et al. 2021, eq. 47; ``sde.chain.ancestral_step``),
     from level k to k - 1, with s_k the level's score (``Levels.level_score``):
       DDPM: x ← (x + β_k s_k) / √(1 - β_k) + √β_k z,
       SMLD: x ← x + (σ_k² - σ_{k-1}²) s_k + √(σ_{k-1}² (σ_k² - σ_{k-1}²) / σ_k²) z."""
-    if sde.chain is None:
-        raise ValueError(
-            f"predictor 'ancestral_sampling' needs an SDE with a discrete chain (DDPM for vp, SMLD for ve);"
-            f" {sde!r} has none: use 'reverse_diffusion' or 'euler_maruyama'"
-        )
-    if probability_flow:
-        raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion'")
-    lv, ks = _chain_walk(sde, steps, "ancestral_sampling")
+    lv, ks = chain_levels(sde), list(range(sde.N, 0, -1))
     index = [torch.tensor(k - 1) for k in ks[:-1]]
     level_score = [lv.level_score(k) for k in ks[:-1]]
 
@@ -125,14 +130,12 @@ def ancestral_sampling_predictor(sde: LinearSDE, steps: Optional[int], eps: floa
             score = scale * score + shift * x
         return sde.chain.ancestral_step(x, score, index[i], noise_like(x, generator))[0]
 
-    return Predictor([lv.t[k] for k in ks], step)
+    return step
 
 
-@PREDICTORS.register("none")
-def no_predictor(sde: LinearSDE, steps: Optional[int], eps: float, probability_flow: bool) -> Predictor:
-    """No predictor: time advances on ``steps`` (default N) uniform steps from T to eps, x moves only by
-    the corrector (corrector-only sampling)."""
-    return Predictor(uniform_time_grid(sde, steps or sde.N, eps), None)
+PREDICTORS.register("ancestral_sampling")(Predictor(ancestral_sampling_predictor, chain=True))
+#: No predictor: time advances on the grid, x moves only by the corrector (corrector-only sampling).
+PREDICTORS.register("none")(Predictor(lambda sde, ts, probability_flow: None))
 
 
 @CORRECTORS.register("langevin")
@@ -158,60 +161,124 @@ def no_corrector(sde: LinearSDE, times: list[float], snr: float) -> None:
     return None
 
 
+class PC(GridStepper):
+    """The predictor from t_i to t_{i+1}, then ``n_steps_each`` Langevin steps at t_{i+1}."""
+
+    def __init__(self, run: Run, grid: list[Node], predictor: str, corrector: str, snr: float, n_steps_each: int,
+                 probability_flow: bool) -> None:
+        super().__init__(run, grid)
+        self.times = [node.t for node in grid]
+        self.predict = PREDICTORS.get(predictor).make(run.sde, self.times, probability_flow)
+        self.step_size = CORRECTORS.get(corrector)(run.sde, self.times, snr)
+        self.n_steps_each = n_steps_each
+
+    def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        if self.predict is not None:
+            x = self.predict(x, self.score(x, full_time(x, self.times[i])), i, self.run.generator)
+        if self.step_size is not None:
+            t = full_time(x, self.times[i + 1])
+            for _ in range(self.n_steps_each):
+                score, z = self.score(x, t), noise_like(x, self.run.generator)
+                x = langevin_step(x, score, self.step_size(score, z, i + 1), z)
+        return x
+
+
+def is_chain(options: dict[str, Any]) -> bool:
+    return PREDICTORS.get(options["predictor"]).chain
+
+
+def _walks_the_chain_as_given(run: Run, options: dict[str, Any]) -> bool:
+    as_given = run.steps == run.sde.N - 1 and not {"eps", "t_start", "schedule"} & run.given
+    return not is_chain(options) or (as_given and options["schedule"] == PC_OPTIONS["schedule"].default)
+
+
+#: A chain predictor's grid is the SDE's levels: steps = N - 1 transitions, no t_start, eps or schedule.
+CHAIN_GRID = Requirement(
+    _walks_the_chain_as_given,
+    "the SDE's discrete levels with a chain predictor (reverse_diffusion, ancestral_sampling): steps must be N - 1"
+    " (or None) and eps, t_start and schedule are not taken",
+    lambda run: f"steps={run.steps} (N - 1 = {run.sde.N - 1}); given: {', '.join(sorted(run.given)) or 'no eps, t_start, grid'}",
+)
+#: Ancestral sampling needs the chain it samples, and has no probability-flow form.
+ANCESTRAL = Requirement(
+    lambda run, options: options["predictor"] != "ancestral_sampling" or run.sde.chain is not None,
+    "an SDE with a discrete chain (DDPM for vp, SMLD for ve) for predictor 'ancestral_sampling'; use 'reverse_diffusion'"
+    " or 'euler_maruyama'",
+)
+
+
+def _check_pc(options: dict[str, Any]) -> None:
+    if options["predictor"] == "ancestral_sampling" and options["probability_flow"]:
+        raise ValueError("predictor 'ancestral_sampling' has no probability-flow form; use 'reverse_diffusion'")
+
+
+def _pc_deterministic(options: dict[str, Any]) -> bool:
+    """No noise: no corrector, and a predictor that draws none (``none``, or a probability-flow one)."""
+    return options["corrector"] == "none" and (options["predictor"] == "none" or options["probability_flow"])
+
+
+def _pc_nfe(steps: int, options: dict[str, Any]) -> int:
+    per_step = int(options["predictor"] != "none") + options["n_steps_each"] * int(options["corrector"] != "none")
+    return steps * per_step + int(options["denoise"])
+
+
 #: Defaults: the Euler–Maruyama predictor runs on any grid and every SDE; score_sde's snr 0.16.
 PC_OPTIONS = {
-    "predictor": "euler_maruyama",
-    "corrector": "langevin",
-    "snr": 0.16,
-    "n_steps_each": 1,
-    "probability_flow": False,
-    "denoise": True,
+    "predictor": choice("euler_maruyama", PREDICTORS.names),
+    "corrector": choice("langevin", CORRECTORS.names),
+    "snr": number(0.16, 0.0, math.inf, low_open=True, high_open=True),
+    "n_steps_each": integer(1),
+    "probability_flow": flag(False),
+    **grid_options("time_uniform"),
 }
 
 
-@register_method("pc", options=PC_OPTIONS)
-def pc(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    predictor: str,
-    corrector: str,
-    snr: float,
-    n_steps_each: int,
-    probability_flow: bool,
-    denoise: bool,
-) -> torch.Tensor:
+@register_method(
+    "pc",
+    FIXED_GRID,
+    options=PC_OPTIONS,
+    default_steps=StepsOfSDE("N (N - 1 with a chain predictor)", lambda sde, options: sde.N - 1 if is_chain(options) else sde.N),
+    deterministic=_pc_deterministic,
+    nfe=_pc_nfe,
+    requires=(CHAIN_GRID, ANCESTRAL),
+    check=_check_pc,
+)
+def pc(run: Run, x: torch.Tensor, *, predictor: str, schedule: str, rho: float, denoise: bool, **options: Any) -> torch.Tensor:
     """Predictor–corrector sampling (Song et al. 2021, Alg. 1).
 
     For i = 0, ..., S-1 the predictor moves x from t_i to t_{i+1}, then ``n_steps_each`` corrector steps
     x ← x + ε s + √(2ε) z run at t_{i+1}; ``denoise`` ends with the Tweedie step x̂_0 = (x + σ² s) / α at
     t_S (one more score evaluation).
 
-    The grid is the predictor's: S = ``steps`` (default N) uniform steps from T to eps for
-    ``euler_maruyama`` and ``none``; for the chain predictors ``reverse_diffusion`` and
-    ``ancestral_sampling``, the SDE's discrete levels N, ..., 1 (S = N - 1, ``eps`` unused), where the
-    final Tweedie step at level 1 is exactly the chain's last, noise-free transition to the data
-    ((x + β_1 s)/√(1 - β_1) for DDPM, x + σ_1² s for SMLD). Predictor ``none`` gives corrector-only
-    sampling (annealed Langevin on the SDE's levels). nfe = S ([predictor ≠ none] +
+    The grid is the run's (S = ``steps``, default N, uniform in t from t_start to eps unless
+    ``schedule`` says otherwise) for ``euler_maruyama`` and ``none``; for the chain predictors
+    ``reverse_diffusion`` and ``ancestral_sampling``, the SDE's discrete levels N, ..., 1 (S = N - 1),
+    where the final Tweedie step at level 1 is exactly the chain's last, noise-free transition to the
+    data ((x + β_1 s)/√(1 - β_1) for DDPM, x + σ_1² s for SMLD). Predictor ``none`` gives
+    corrector-only sampling (annealed Langevin on the SDE's levels). nfe = S ([predictor ≠ none] +
     n_steps_each [corrector ≠ none]) + [denoise].
     """
-    check_positive_int(n_steps_each, "n_steps_each")
-    if snr <= 0:
-        raise ValueError(f"snr must be > 0, got {snr}")
-    pred = PREDICTORS.get(predictor)(sde, steps, eps, probability_flow)
-    ts = pred.times
-    step_size = CORRECTORS.get(corrector)(sde, ts, snr)
-    for i in progress_range(len(ts) - 1, progress):
-        if pred.step is not None:
-            x = pred.step(x, score_fn(x, full_time(x, ts[i])), i, generator)
-        if step_size is not None:
-            t = full_time(x, ts[i + 1])
-            for _ in range(n_steps_each):
-                score, z = score_fn(x, t), noise_like(x, generator)
-                x = langevin_step(x, score, step_size(score, z, i + 1), z)
-    return tweedie_denoise(sde, score_fn, x, ts[-1]) if denoise else x
+    if PREDICTORS.get(predictor).chain:
+        run.grid = torch.tensor(chain_times(run.sde), dtype=torch.float64)
+    return run_grid(PC, run, x, predictor=predictor, schedule=schedule, rho=rho, denoise=denoise, **options)
+
+
+@register_method(
+    "euler_maruyama",
+    FIXED_GRID,
+    options={"probability_flow": flag(False), **grid_options("time_uniform")},
+    default_steps=N_STEPS,
+    deterministic=lambda options: options["probability_flow"],
+    nfe=lambda steps, options: steps + int(options["denoise"]),
+)
+def euler_maruyama(run: Run, x: torch.Tensor, *, probability_flow: bool, **grid: Any) -> torch.Tensor:
+    """Euler–Maruyama on the reverse SDE, or Euler on the probability-flow ODE (Song et al. 2021, eqs. 6, 13).
+
+    On ``steps`` (default N) steps from t_start to eps (uniform in t unless ``schedule`` says
+    otherwise), h = t_i - t_{i+1}:
+      x ← x - h [f(t_i) x - c g(t_i)² s(x, t_i)] + g̃(t_i) √h z,   c = 1, g̃ = g (SDE);  c = ½, g̃ = 0 (ODE),
+    that is ``pc`` with the ``euler_maruyama`` predictor and no corrector. ``denoise`` adds a final Tweedie
+    step at eps (one more score evaluation).
+    """
+    return run_grid(PC, run, x, predictor="euler_maruyama", corrector="none", snr=PC_OPTIONS["snr"].default,
+                    n_steps_each=1, probability_flow=probability_flow, **grid)

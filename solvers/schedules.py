@@ -25,12 +25,9 @@ import torch
 from sde_diffusion.core.parameterization import data_from_score, noise_from_score
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 
-from .common import ScoreFn, full_time
-
-#: Options of every fixed-grid fast solver: the schedule, Karras' ρ, the start time (None: T) and a
-#: final denoise x̂_0 at eps (one more evaluation, the step to σ = 0).
-GRID_OPTIONS = {"schedule": "logsnr", "rho": 7.0, "t_start": None, "denoise": True}
+from .common import full_time
 
 #: ``warp(sde, t, rho) -> u`` with u monotone in t; nodes are uniform in u.
 Warp = Callable[[LinearSDE, torch.Tensor, float], torch.Tensor]
@@ -92,7 +89,7 @@ def resolve_t_start(sde: LinearSDE, t_start: Optional[float], eps: float) -> flo
 
 
 def check_positive_eps(eps: float, method: str) -> None:
-    """Exponential integrators need λ(eps) finite, i.e. σ(eps) > 0."""
+    """Exponential integrators and the λ-based schedules need λ(eps) finite, i.e. σ(eps) > 0."""
     if not eps > 0.0:
         raise ValueError(f"{method} needs eps > 0 (λ = +inf at σ = 0), got {eps}; use denoise=True to reach σ = 0")
 
@@ -106,7 +103,8 @@ def time_steps(
         raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
     if not (math.isfinite(rho) and rho > 0):
         raise ValueError(f"rho must be a finite number > 0, got {rho}")
-    check_positive_eps(eps, f"schedule {schedule!r}")
+    if schedule != "time_uniform":
+        check_positive_eps(eps, f"schedule {schedule!r}")
     spacing = SCHEDULES.get(schedule)
     t_start = resolve_t_start(sde, t_start, eps)
     u0, u1 = spacing.warp(sde, torch.tensor([t_start, eps], dtype=torch.float64), rho).tolist()
@@ -120,6 +118,17 @@ def schedule_nodes(
 ) -> list[Node]:
     """The ``steps + 1`` nodes of ``time_steps``."""
     return nodes(sde, time_steps(sde, steps, eps, schedule, t_start, rho))
+
+
+def check_grid(sde: LinearSDE, grid: torch.Tensor) -> torch.Tensor:
+    """An explicit time grid as float64: 1-D, at least two times, finite, strictly decreasing, in [0, T]."""
+    grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()
+    if grid.ndim != 1 or grid.numel() < 2:
+        raise ValueError(f"an explicit schedule must be a 1-D sequence of at least 2 times, got shape {tuple(grid.shape)}")
+    sde.check_time(grid, "schedule")
+    if not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"an explicit schedule must be strictly decreasing (t_start first, eps last), got {grid.tolist()}")
+    return grid
 
 
 def data_prediction(score_fn: ScoreFn, x: torch.Tensor, node: Node) -> torch.Tensor:

@@ -16,16 +16,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any
 
 import torch
 
-from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 
-from .common import ScoreFn, progress_range
-from .dpm_solver import check_order, phi, step_orders
-from .registry import register_method
-from .schedules import GRID_OPTIONS, Node, check_positive_eps, data_prediction, noise_prediction, schedule_nodes
+from .common import Run
+from .dpm_solver import phi, step_orders
+from .grid import GridStepper, grid_nfe, grid_options, run_grid
+from .schedules import Node, data_prediction, noise_prediction
+from .spec import FIXED_GRID, POSITIVE_EPS, choice, flag, register_method
 
 #: B(z) of each UniPC variant.
 VARIANTS = {"bh1": lambda z: z, "bh2": math.expm1}
@@ -91,58 +92,49 @@ def corrector_update(
     return unipc_update(x_start, s, t, m_s, [(t, m_t)] + history[1:], prediction, variant)
 
 
+class UniPC(GridStepper):
+    """UniP-p then UniC-p: the corrected x starts the next step, the evaluation at the predicted x
+    enters the history (newest first)."""
+
+    def __init__(self, run: Run, grid: list[Node], order: int, prediction: str, variant: str, corrector: bool,
+                 lower_order_final: bool) -> None:
+        super().__init__(run, grid)
+        self.order, self.kind, self.variant, self.corrector = order, PREDICTIONS[prediction], variant, corrector
+        self.orders = step_orders(len(grid) - 1, order, lower_order_final)
+        self.history: list[tuple[Node, torch.Tensor]] = []
+        self.x_start: torch.Tensor  # the state the corrector re-solves the last step from
+
+    def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        m = self.kind.model(self.score, x, self.grid[i])
+        if self.corrector and self.history:
+            x = corrector_update(self.x_start, self.grid[i], m, self.history[: self.orders[i - 1]], self.kind, self.variant)
+        self.history = ([(self.grid[i], m)] + self.history)[: self.order]
+        self.x_start = x
+        return unipc_update(x, self.grid[i], self.grid[i + 1], m, self.history[1 : self.orders[i]], self.kind, self.variant)
+
+
 @register_method(
     "unipc",
+    FIXED_GRID,
     options={
-        "order": 2,
-        "prediction": "noise",
-        "variant": "bh2",
-        "corrector": True,
-        "lower_order_final": True,
-        **GRID_OPTIONS,
+        "order": choice(2, (1, 2, 3)),
+        "prediction": choice("noise", tuple(sorted(PREDICTIONS))),
+        "variant": choice("bh2", tuple(sorted(VARIANTS))),
+        "corrector": flag(True),
+        "lower_order_final": flag(True),
+        **grid_options("logsnr"),
     },
-    deterministic=True,
+    default_steps=20,
+    deterministic=lambda options: True,
+    nfe=grid_nfe(1),
+    requires=(POSITIVE_EPS,),
 )
-def unipc(
-    sde: LinearSDE,
-    score_fn: ScoreFn,
-    x: torch.Tensor,
-    *,
-    steps: Optional[int],
-    eps: float,
-    generator: Optional[torch.Generator],
-    progress: bool,
-    order: int,
-    prediction: str,
-    variant: str,
-    corrector: bool,
-    lower_order_final: bool,
-    schedule: str,
-    rho: float,
-    t_start: Optional[float],
-    denoise: bool,
-) -> torch.Tensor:
+def unipc(run: Run, x: torch.Tensor, *, order: int, prediction: str, variant: str, corrector: bool,
+          lower_order_final: bool, **grid: Any) -> torch.Tensor:
     """UniPC-p multistep sampler of the PF-ODE (Zhao et al. 2023, §3): UniP-p, then UniC-p with
     the new evaluation (order p + 1); the corrected x starts the next step, the evaluation at the
     predicted x enters the history. NFE = steps (+1 with ``denoise``); the last step has no corrector.
     """
-    check_order(order, (1, 2, 3), "unipc")
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {sorted(VARIANTS)}, got {variant!r}")
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {sorted(PREDICTIONS)}, got {prediction!r}")
-    check_positive_eps(eps, "unipc")
-    kind = PREDICTIONS[prediction]
-    steps = steps or 20
-    grid = schedule_nodes(sde, steps, eps, schedule, t_start, rho)
-    orders = step_orders(steps, order, lower_order_final)
-    history: list[tuple[Node, torch.Tensor]] = []  # (node, model output), newest first
-    x_start = x  # the state the corrector re-solves the last step from
-    for i in progress_range(steps, progress):
-        m = kind.model(score_fn, x, grid[i])
-        if corrector and history:
-            x = corrector_update(x_start, grid[i], m, history[: orders[i - 1]], kind, variant)
-        history = ([(grid[i], m)] + history)[:order]
-        x_start = x
-        x = unipc_update(x, grid[i], grid[i + 1], m, history[1 : orders[i]], kind, variant)
-    return data_prediction(score_fn, x, grid[-1]) if denoise else x
+    options = {"order": order, "prediction": prediction, "variant": variant, "corrector": corrector,
+               "lower_order_final": lower_order_final}
+    return run_grid(UniPC, run, x, **options, **grid)

@@ -135,9 +135,12 @@ def test_quality_of_the_reference_itself(ring_bench):
 
 
 def test_sweep_skips_methods_that_cannot_start_late_and_rejects_unknown_names():
+    """Annealed Langevin's levels are its own (no t_start) and PC's chain predictors walk the SDE's
+    levels: both are skipped with the reason; Euler–Maruyama starts at t_start like every other."""
     problem = mixture_problem(ring(), get_sde("vp"), sigma_start=80.0, n=100)
-    result = Benchmark(problem).sweep(["euler_maruyama"], nfe_grid=(5,))
-    assert result.rows == [] and "no t_start option" in result.skipped[0][1]
+    result = Benchmark(problem).sweep(["annealed_langevin", "pc:predictor=reverse_diffusion"], nfe_grid=(5,))
+    assert result.rows == [] and "takes no t_start" in result.skipped[0][1]
+    assert "eps, t_start and schedule are not taken" in result.skipped[1][1]
     with pytest.raises(ValueError, match="unknown sampling method 'nope'"):
         Benchmark(problem).sweep(["nope"])
 

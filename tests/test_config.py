@@ -16,13 +16,15 @@ from sde_diffusion.app.config import (
     get_default_config,
     get_digits_config,
     load_config,
+    load_config_file,
     model_group,
     sampling_group,
     sde_group,
     validate,
 )
 from sde_diffusion.core.sde_lib import SDES, sde_from_config
-from sde_diffusion.core.targets import ring
+from sde_diffusion.core.targets import TOY_DATA, ring
+from sde_diffusion.data.datasets import DATASETS
 from sde_diffusion.models import MODELS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -31,13 +33,20 @@ CONFIG_FILES = sorted(glob.glob(os.path.join(ROOT, "configs", "**", "*.py"), rec
 
 @pytest.mark.parametrize("path", CONFIG_FILES, ids=lambda p: os.path.relpath(p, ROOT))
 def test_config_files_validate(path):
-    """Each file validates; files under configs/<sde>/ use that SDE, and <data>.py that data set."""
-    config = load_config(path)
+    """Each file validates; files under configs/<sde>/ use that SDE, and <data>.py that data set. A
+    file for the user's data (``data.path`` unset) validates for the read-only commands, and for
+    training only once the path is given."""
+    config = load_config_file(path)
+    reads_files = DATASETS.get(config.data.dataset).path is not None
+    validate(config, training=not reads_files)
+    if reads_files:
+        with pytest.raises(ValueError, match=r"bad config\.data: config\.data\.path is not set; expected "):
+            validate(config)
     folder, name = os.path.split(os.path.relpath(path, os.path.join(ROOT, "configs")))
     if folder:
         assert config.sde.name == folder
-        assert config.data.dataset == name.removesuffix(".py")
-        assert config.model.name == {"ring": "mlp", "digits": "unet"}[config.data.dataset]
+        assert config.data.dataset == name.removesuffix(".py") or reads_files
+        assert config.model.name == ("mlp" if config.data.dataset in TOY_DATA else "unet")
 
 
 def test_required_experiments_exist():
@@ -99,7 +108,7 @@ def _with(**overrides) -> ConfigDict:
         ({"training__reference_batch_size": 512}, r"bad config\.training: reference_batch_size=512 must be 0 \(the batch itself\) or >= batch_size=1024"),
         ({"training__weighting": "sigma"}, r"config\.training\.weighting; allowed: one of likelihood, sigma2"),
         ({"optim__optimizer": "sgd"}, r"config\.optim\.optimizer; allowed: one of adam, adamw"),
-        ({"data__dataset": "mnist"}, r"config\.data\.dataset; allowed: one of checkerboard, digits, moons, ring, swiss_roll"),
+        ({"data__dataset": "mnist2"}, r"config\.data\.dataset; allowed: one of array, checkerboard, cifar10, digits, folder, mnist, moons, ring, swiss_roll"),
         ({"sampling__method": "pc2"}, r"bad value 'pc2' for config\.sampling\.method; allowed: one of .*\bpc\b"),
         ({"sampling__steps": 0}, r"config\.sampling\.steps; allowed: None or an integer >= 1"),
         ({"device": "gpu0"}, r"config\.device; allowed: a torch device string"),
@@ -132,7 +141,7 @@ def test_unknown_fields_name_the_path_and_the_allowed_ones():
 
     config = get_default_config()
     config.sampling.ode.rtoll = 1e-3
-    with pytest.raises(ValueError, match=r"unknown field config\.sampling\.ode\.rtoll; allowed in config\.sampling\.ode: atol, denoise, rtol, solver"):
+    with pytest.raises(ValueError, match=r"unknown field config\.sampling\.ode\.rtoll; allowed in config\.sampling\.ode: atol, denoise, rho, rtol, schedule, solver"):
         validate(config)
 
 
@@ -164,7 +173,7 @@ def test_model_must_match_the_data():
 def test_group_builders_reject_unknown_arguments():
     with pytest.raises(ValueError, match=r"unknown field\(s\) sigma_max for SDE 'vp'; allowed: beta_min, beta_max, N"):
         sde_group("vp", sigma_max=10.0)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) rtoll for method 'ode'; known: atol, denoise, rtol, solver"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) rtoll for method 'ode'; known: atol, denoise, rho, rtol, schedule, solver"):
         sampling_group("ode", rtoll=1e-3)
     with pytest.raises(ValueError, match=r"unknown model 'resnet'; known: mlp, unet"):
         model_group("resnet")

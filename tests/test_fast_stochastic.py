@@ -53,7 +53,7 @@ def test_brownian_memory_keeps_the_path_brownian():
 
 
 STOCHASTIC = [
-    ("gotta_go_fast", None, 1000, {"eps_rel": 0.05}),
+    ("gotta_go_fast", None, 1000, {"rtol": 0.05}),
     ("sde_dpm_solver_pp", 40, 2000, {}),
     ("edm", 40, 2000, {}),
 ]
@@ -76,12 +76,12 @@ def test_stochastic_solvers_sample_the_ring_on_every_sde(sde_name, method, steps
 
 def test_gotta_go_fast_reports_its_steps():
     """nfe counts batched score calls, 2 per iteration plus the denoise, as counted by
-    ``solvers.sample``; every sample takes at least one accepted step, and a tighter eps_rel costs
+    ``solvers.sample``; every sample takes at least one accepted step, and a tighter rtol costs
     more evaluations."""
     sde = get_sde("vp")
     nfes = []
-    for eps_rel in (0.2, 0.05):
-        _, nfe, info = solvers.sample(sde, RING.score_fn(sde), (256, 2), "gotta_go_fast", eps_rel=eps_rel, generator=torch.Generator().manual_seed(2), return_info=True)
+    for rtol in (0.2, 0.05):
+        _, nfe, info = solvers.sample(sde, RING.score_fn(sde), (256, 2), "gotta_go_fast", rtol=rtol, generator=torch.Generator().manual_seed(2), return_info=True)
         assert nfe == info["nfe"] == 2 * info["iterations"] + 1
         assert info["accepted"] >= 256 and info["rejected"] >= 0
         nfes.append(nfe)

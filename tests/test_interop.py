@@ -140,6 +140,25 @@ def test_ddim_reproduces_ddim_scheduler(prediction_type, schedule):
     assert torch.allclose(ours, expected, rtol=0, atol=loop_tolerance(expected, 20))
 
 
+@pytest.mark.parametrize("spacing, t_start, eps", [("leading", 0.91, 0.01), ("trailing", 1.0, 0.1)])
+def test_strided_ddim_reproduces_ddim_scheduler(spacing, t_start, eps):
+    """DDIM (η = 0) with 10 of an N = 100 chain's timesteps: diffusers' ``leading`` timesteps 90, 80, ..., 0
+    (``trailing``: 99, 89, ..., 9), each stepping to t - 10 and the last to ᾱ = 1, are the uniform grid
+    t = (τ + 1)/100 from 0.91 to 0.01 (1.0 to 0.1) followed by the final denoise. A DDIM step is the
+    first-order data-prediction step x' = (σ'/σ) x + α' (1 - e^{-h}) x̂_0 (Lu et al. 2022b, §4), so
+    DPM-Solver++ of order 1 on that grid is the scheduler's loop."""
+    unet = tiny_unet()
+    sched = diffusers.DDIMScheduler(num_train_timesteps=100, beta_start=1e-4, beta_end=0.1, clip_sample=False, timestep_spacing=spacing)
+    x = latent()
+    expected = diffusers_loop(unet, sched, x, 10)
+    assert sched.timesteps.tolist() == [round(100 * (t_start - 0.1 * i)) - 1 for i in range(10)]
+    sde, score_fn = from_diffusers(unet, sched)
+    ours, nfe = solvers.sample(sde, score_fn, SHAPE, "dpm_solver_pp", steps=9, eps=eps, t_start=t_start, x_T=x, order=1,
+                               schedule="time_uniform")
+    assert nfe == 10
+    assert torch.allclose(ours, expected, rtol=0, atol=loop_tolerance(expected, 10))
+
+
 @pytest.mark.parametrize("variance, variance_type", [("beta_tilde", "fixed_small"), ("beta", "fixed_large")])
 def test_ancestral_sampling_reproduces_ddpm_scheduler(variance, variance_type):
     """DDPM ancestral sampling over an N = 20 chain equals ``DDPMScheduler`` with the same noise: both

@@ -13,7 +13,8 @@ from sde_diffusion.core.targets import ring
 from solvers.common import tweedie_denoise
 from solvers.ddpm import chain_levels, strided_levels
 from solvers.langevin import ald_step_size, snr_step_size
-from solvers.pc import PREDICTORS
+from solvers.pc import PREDICTORS, chain_times
+from solvers.schedules import time_steps
 
 F64 = torch.float64
 
@@ -40,7 +41,7 @@ def test_chain_levels_carry_the_chain_kernels(name):
 )
 def test_strided_levels(steps, stride):
     """S steps visit S + 1 strictly decreasing levels from N to 1, then 0; S = N visits them all."""
-    tau = strided_levels(1000, steps, 100, stride)
+    tau = strided_levels(1000, steps, stride)
     assert len(tau) == steps + 1 and tau[0] == 1000 and tau[-1] == 0
     assert tau[-2] == (1000 if steps == 1 else 1)
     assert all(a > b for a, b in zip(tau[:-1], tau[1:]))
@@ -54,11 +55,11 @@ def test_reverse_diffusion_is_score_sde_discretisation(name, probability_flow, g
     k - 1 (t = (k - 1) T / (N - 1)), with the same noise z: to 1e-12 (rounding only). (Levels above the
     SDE's T, VP's top 4, first convert the score at T to the level's: ``Levels.level_score``.)"""
     sde = get_sde(name)
-    predictor = PREDICTORS.get("reverse_diffusion")(sde, None, sde.default_eps, probability_flow)
+    step = PREDICTORS.get("reverse_diffusion").make(sde, chain_times(sde), probability_flow)
     x, score = torch.randn(16, 2, generator=gen, dtype=F64), torch.randn(16, 2, generator=gen, dtype=F64)
     for i in (10, 400, sde.N - 2):
         k = sde.N - i
-        ours = predictor.step(x, score, i, torch.Generator().manual_seed(i))
+        ours = step(x, score, i, torch.Generator().manual_seed(i))
         rev_f, rev_G = sde.reverse(lambda x, t: score, probability_flow).discretize(x, (k - 1) * sde.T / (sde.N - 1))
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(i), dtype=F64)
         assert torch.allclose(ours, x - rev_f + rev_G[:, None] * z, rtol=0, atol=1e-12)
@@ -69,11 +70,12 @@ def test_euler_maruyama_step_is_reverse_sde_drift(name, gen):
     """One Euler–Maruyama predictor step equals x - h·drift + g √h z with (drift, g) from
     ``sde.reverse(score_fn).sde`` at t_i, h = t_i - t_{i+1}: to 1e-12 relative."""
     sde = get_sde(name)
-    predictor = PREDICTORS.get("euler_maruyama")(sde, 50, 1e-3, False)
+    times = time_steps(sde, 50, 1e-3, "time_uniform").tolist()
+    step = PREDICTORS.get("euler_maruyama").make(sde, times, False)
     x, score = torch.randn(16, 2, generator=gen, dtype=F64), torch.randn(16, 2, generator=gen, dtype=F64)
     for i in (0, 25, 49):
-        t, t_next = predictor.times[i], predictor.times[i + 1]
-        ours = predictor.step(x, score, i, torch.Generator().manual_seed(i))
+        t, t_next = times[i], times[i + 1]
+        ours = step(x, score, i, torch.Generator().manual_seed(i))
         drift, g = sde.reverse(lambda x, t: score).sde(x, t)
         z = torch.randn(x.shape, generator=torch.Generator().manual_seed(i), dtype=F64)
         ref = x - (t - t_next) * drift + g[:, None] * math.sqrt(t - t_next) * z

@@ -25,8 +25,8 @@ def build_model(config: ConfigDict) -> nn.Module:
 
 
 def sample_shape(config: ConfigDict, n: int) -> tuple[int, ...]:
-    """``(n, *shape of one data point)``, read off the test set."""
-    return (n, *datasets.get_dataset(config.data)[1].shape[1:])
+    """``(n, *shape of one data point)``, from the data set's record (``datasets.data_shape``)."""
+    return (n, *datasets.data_shape(config.data))
 
 
 def sample_labels(config: ConfigDict, n: int) -> Optional[torch.Tensor]:

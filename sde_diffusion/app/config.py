@@ -9,9 +9,10 @@ appear without editing this file:
 * ``sde``: ``name`` plus the keyword arguments of that SDE's constructor (``sde_group``);
 * ``model``: ``name`` plus the network's constructor arguments, ``parameterization`` and
   ``sigma_data`` among them (``model_group``);
-* ``sampling``: ``method``, ``steps``, ``eps``, ``n_samples``, ``class_label``, ``guidance_scale`` plus
-  one group per registered sampling method holding its options, e.g. ``sampling.ode.rtol``
-  (``sampling_group``).
+* ``sampling``: ``method``, ``steps``, ``eps``, ``t_start``, ``n_samples``, ``class_label``,
+  ``guidance_scale`` plus one group per registered sampling method holding its options, e.g.
+  ``sampling.ode.rtol`` (``sampling_group``), generated from the method's declared spec, which also
+  validates them.
 
 ``validate`` checks a config against this schema: an unknown field or a value of the wrong type or
 outside its range raises ``ValueError`` naming the dotted path and what is allowed.
@@ -102,6 +103,7 @@ def sampling_group(
     method: str,
     steps: Optional[int] = None,
     eps: Optional[float] = None,
+    t_start: Optional[float] = None,
     n_samples: int = 1000,
     class_label: Optional[int] = None,
     guidance_scale: float = 0.0,
@@ -119,23 +121,42 @@ def sampling_group(
     if method not in methods:
         raise ValueError(f"unknown sampling method {method!r}; known: {', '.join(sorted(methods))}")
     group = ml_collections.ConfigDict(
-        {"method": method, "steps": placeholder(int), "eps": placeholder(float), "n_samples": n_samples,
+        {"method": method, "steps": placeholder(int), "eps": placeholder(float), "t_start": placeholder(float),
+         "n_samples": n_samples,
          "batch_size": batch_size, "save_individual": save_individual, "class_label": placeholder(int),
          "guidance_scale": float(guidance_scale)}
     )
-    group.steps, group.eps, group.class_label = steps, eps, class_label
-    for name, spec in methods.items():
+    group.steps, group.eps, group.t_start, group.class_label = steps, eps, t_start, class_label
+    for name in methods:
         if name in SAMPLING_FIELDS:
             raise ValueError(f"sampling method name {name!r} clashes with the field sampling.{name}")
-        given = options if name == method else {}
-        unknown = sorted(set(given) - set(spec["options"]))
-        if unknown:
-            raise ValueError(f"unknown option(s) {', '.join(unknown)} for method {name!r}; known: {', '.join(sorted(spec['options']))}")
-        group[name] = _group({**spec["options"], **given})
+        group[name] = _group(solvers.METHODS.get(name).resolve(options if name == method else {}))
     return group
 
 
 # --- the default config ----------------------------------------------------------------------------
+def data_group(dataset: str = "ring", path: Optional[str] = None, **fields: Any) -> ml_collections.ConfigDict:
+    """``config.data``: which data set and how to read it (``sde_diffusion.data.datasets``).
+
+    dataset: a registered data set; path: its file or directory (folder, array, cifar10, mnist);
+    n_train, n_test: sizes of the toy sets; centered: model space (-1, 1) rather than (0, 1);
+    uniform_dequantization: a fresh uniform draw within each grey level's bin per batch;
+    random_flip: mirror training images left–right with probability ½; seed, test_fraction: the
+      held-out split of data sets without their own; image_size: side of the (square) images, to which
+      a folder's images are resized and centre-cropped (None: the stored size); num_channels: 1 (grey)
+      or 3 (RGB); value_range: [low, high] of float arrays; num_workers: DataLoader processes reading
+      training batches (0: the training process).
+    """
+    group = ml_collections.ConfigDict(
+        {"dataset": dataset, "path": placeholder(str), "n_train": 50000, "n_test": 5000, "centered": True,
+         "uniform_dequantization": False, "random_flip": False, "seed": 0, "test_fraction": 0.2,
+         "image_size": placeholder(int), "num_channels": 1, "value_range": (0.0, 1.0), "num_workers": 0}
+    )
+    group.path, group.image_size = path, 8
+    group.update(fields)
+    return group
+
+
 def eval_config() -> ml_collections.ConfigDict:
     """``config.eval``: the ``likelihood`` command's settings.
 
@@ -174,7 +195,12 @@ def bench_config() -> ml_collections.ConfigDict:
       the bin width of quantised data); reference_tol: tolerance of the reference PF-ODE solution
       (1e-6: a float32 network's round-off stops tighter tolerances from converging);
     nll_samples: samples per row whose model log-likelihood is reported (0: off; each costs an ODE
-      solve with ``config.eval``'s settings).
+      solve with ``config.eval``'s settings); reference_tol None: no reference solution and no
+      distance columns;
+    image_metrics: FD and KID against the test set for labelled image data, on the features of a
+      classifier trained on the training split (cached in ``<workdir>/eval/``), or on the FID
+      Inception-v3 when inception_weights names its weights file (torch-fidelity's
+      ``weights-inception-2015-12-05-6726825d.pth``; never downloaded).
     """
     return ml_collections.ConfigDict(
         {
@@ -189,6 +215,8 @@ def bench_config() -> ml_collections.ConfigDict:
             "fine_scale": placeholder(float),
             "reference_tol": 1e-6,
             "nll_samples": 0,
+            "image_metrics": True,
+            "inception_weights": placeholder(str),
         }
     )
 
@@ -239,16 +267,7 @@ def get_default_config() -> ml_collections.ConfigDict:
     optim.schedule = "cosine"
     optim.grad_clip = 1.0
 
-    config.data = data = ml_collections.ConfigDict()
-    data.dataset = "ring"
-    data.n_train = 50000
-    data.n_test = 5000
-    data.centered = True
-    data.uniform_dequantization = False
-    data.seed = 0
-    data.test_fraction = 0.2
-    data.image_size = 8
-    data.num_channels = 1
+    config.data = data_group()
 
     config.sampling = sampling_group("pc", n_samples=2000)
 
@@ -262,7 +281,7 @@ def get_digits_config() -> ml_collections.ConfigDict:
     to (-1, 1), 1500 steps of batch 64 at a constant lr 4e-3 (a few minutes on a 2-core CPU;
     recognisable digits from about 1000 steps on), a 16-sample snapshot every 500 steps."""
     config = get_default_config()
-    config.data.dataset = "digits"
+    config.data = data_group("digits")
     config.model = model_group("unet", image_size=8, num_channels=1, nf=32, ch_mult=(1, 2), num_res_blocks=1, dropout=0.0)
     config.training.loss = "dsm"
     config.training.batch_size = 64
@@ -323,6 +342,12 @@ def _device(value: Any) -> Optional[str]:
     return None
 
 
+def _increasing_pair(value: Any) -> Optional[str]:
+    finite = _interval(-math.inf, math.inf, lo_open=True)
+    ok = isinstance(value, (tuple, list)) and len(value) == 2 and all(finite(v) is None for v in value) and value[0] < value[1]
+    return None if ok else "two finite numbers (low, high) with low < high"
+
+
 POSITIVE = _interval(0.0, math.inf, lo_open=True)
 NON_NEGATIVE = _interval(0.0, math.inf)
 UNIT = _interval(0.0, 1.0)
@@ -359,13 +384,16 @@ RULES: dict[str, Rule] = {
     "data.n_train": _int_at_least(1),
     "data.n_test": _int_at_least(1),
     "data.test_fraction": _interval(0.0, 1.0, lo_open=True),
-    "data.image_size": _int_at_least(1),
+    "data.image_size": _optional(_int_at_least(1)),
     "data.num_channels": _int_at_least(1),
+    "data.num_workers": _int_at_least(0),
+    "data.value_range": _increasing_pair,
     "sde.name": _one_of(SDES.names),
     "model.name": _one_of(models.MODELS.names),
     "sampling.method": _one_of(lambda: sorted(solvers.available())),
     "sampling.steps": _optional(_int_at_least(1)),
     "sampling.eps": _optional(_interval(0.0, 1.0)),
+    "sampling.t_start": _optional(_interval(0.0, 1.0, lo_open=True, hi_open=False)),
     "sampling.n_samples": _int_at_least(1),
     "sampling.batch_size": _int_at_least(1),
     "sampling.class_label": _optional(_int_at_least(ALL_CLASSES)),
@@ -437,27 +465,29 @@ def _check_generated(config: ml_collections.ConfigDict, training: bool) -> None:
     _check_fields(config.sampling, sampling_group(config.sampling.method), "sampling.")
     for name, spec in solvers.available().items():
         _check_fields(config.sampling[name], _group(spec["options"]), f"sampling.{name}.")
-    builds = {"sde": lambda: sde_from_config(config.sde), "data": lambda: datasets.get_dequantizer(config.data)}
+        try:
+            solvers.METHODS.get(name).resolve(dict(config.sampling[name].items()))
+        except ValueError as err:
+            raise ValueError(f"bad config.sampling.{name}: {err}") from None
+    builds = {"sde": lambda: sde_from_config(config.sde)}
     if training:
         builds["training"] = lambda: losses.get_loss_fn(sde_from_config(config.sde), config.training)
+        builds["data"] = lambda: datasets.check(config.data, config.model.get("num_classes", 0))
     for group, build in builds.items():
         try:
             build()
         except ValueError as err:
             raise ValueError(f"bad config.{group}: {err}") from None
     for key in sorted(set(config.model.keys()) & set(config.data.keys())):
-        if config.model[key] != config.data[key]:
+        if config.data[key] is not None and config.model[key] != config.data[key]:
             raise ValueError(f"config.model.{key}={config.model[key]!r} does not match config.data.{key}={config.data[key]!r}")
     _check_classes(config)
 
 
 def _check_classes(config: ml_collections.ConfigDict) -> None:
-    """A class-conditional network needs a labelled data set with as many classes; a class to sample
-    needs a class-conditional network, and guidance its unconditional score (condition dropout)."""
+    """A class to sample needs a class-conditional network, and guidance its unconditional score
+    (condition dropout); the data's classes are checked with the data (``datasets.check``)."""
     num_classes, label = config.model.get("num_classes", 0), config.sampling.class_label
-    if num_classes and datasets.NUM_CLASSES.get(config.data.dataset) != num_classes:
-        found = datasets.NUM_CLASSES.get(config.data.dataset, "no labels")
-        raise ValueError(f"config.model.num_classes={num_classes} needs a labelled data set with {num_classes} classes; config.data.dataset={config.data.dataset!r} has {found}")
     if num_classes and config.training.loss == "stf":
         raise ValueError("config.training.loss='stf' pools its targets over the reference batch whatever their class;"
                          f" a class-conditional model (config.model.num_classes={num_classes}) needs loss 'dsm'")

@@ -36,6 +36,13 @@ from sde_diffusion.evaluation.benchmark import (
     write_report,
 )
 from sde_diffusion.evaluation.elbo import vlb
+from sde_diffusion.evaluation.features import (
+    FeatureNetSettings,
+    feature_fn,
+    inception_features,
+    load_or_train_feature_net,
+)
+from sde_diffusion.evaluation.image_metrics import ImageMetrics
 from sde_diffusion.evaluation.likelihood import bits_per_dim, log_likelihood
 
 #: Toy data sets that are analytic mixtures: the benchmark adds mode, spread and true-density columns.
@@ -147,7 +154,7 @@ def likelihood_command(config: ml_collections.ConfigDict, workdir: str, pretrain
     main = distributed.is_main()
     if main and run.dataset not in (None, config.data.dataset):
         print(f"note: the run was trained on {run.dataset!r}; evaluating it on config.data.dataset={config.data.dataset!r}")
-    test = datasets.get_dataset(config.data)[1][: e.n_samples].to(config.device)
+    test = datasets.held_out(config.data, e.n_samples).to(config.device)
     check_memory("eval.batch_size", min(e.batch_size, test.shape[0]), tuple(test.shape[1:]), config.device)
     levels, low, high = _data_range(config.data)
     options = dict(trace=e.trace, n_probes=e.n_probes, probe=e.probe, rtol=e.rtol, atol=e.atol, method=e.method, eps=e.eps)
@@ -171,21 +178,23 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str, pretrained: O
     """The step-count benchmark on the trained run in ``workdir``, or on the ``pretrained`` diffusers
     directory (``config.bench``); the report goes to ``workdir/bench/`` with ``produced_by.json``. True
     samples are the test set; the data set's analytic mixture, if it has one, adds the mode, spread and
-    true-density columns."""
+    true-density columns; image data add FD and KID (``build_image_metrics``), with training images as
+    the floor."""
 
     run = load_source(config, workdir, pretrained)
     sde, score_fn = run.sde, run.score_fn
     b = config.bench
-    test = datasets.get_dataset(config.data)[1].to(config.device)
+    test = datasets.held_out(config.data, b.n_samples).to(config.device)
     check_memory("bench.n_samples", b.n_samples, tuple(test.shape[1:]), config.device)
     target = ANALYTIC_TARGETS[config.data.dataset]() if config.data.dataset in ANALYTIC_TARGETS else None
     width = datasets.bin_width(config.data)
+    metrics = build_image_metrics(config, workdir, log=print if distributed.is_main() else None)
     problem = Problem(
         sde=sde,
         score_fn=score_fn,
-        shape=tuple(test.shape[1:]),
+        shape=datasets.data_shape(config.data),
         target=target,
-        true_samples=test[: b.n_samples],
+        true_samples=test,
         t_start=None if b.sigma_start is None else time_of_noise_level(sde, b.sigma_start),
         eps=b.eps if b.sigma_end is None else time_of_noise_level(sde, b.sigma_end),
         denoise=b.denoise,
@@ -197,6 +206,8 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str, pretrained: O
         log_density=_model_log_density(sde, score_fn, config) if b.nll_samples > 0 else None,
         log_density_label="model log-likelihood (PF-ODE)" if b.nll_samples > 0 else "true log-density",
         name=f"{config.data.dataset}, {sde!r}, {os.path.basename(os.path.normpath(pretrained or workdir))}",
+        image_metrics=metrics,
+        floor_samples=None if metrics is None else datasets.get_dataset(config.data)[0][: b.n_samples],
     )
     main = distributed.is_main()
     with main_locked(lock_path(workdir, "bench"), "bench"):
@@ -213,6 +224,33 @@ def bench_command(config: ml_collections.ConfigDict, workdir: str, pretrained: O
             for path in paths:
                 print(f"  wrote {path}")
     return result
+
+
+def build_image_metrics(config: ml_collections.ConfigDict, workdir: str, log: Optional[Any] = print) -> Optional[ImageMetrics]:
+    """FD and KID against the test set for image data (``config.bench.image_metrics``), None for
+    other data: on the FID Inception-v3 when ``bench.inception_weights`` is set, else on the feature
+    classifier trained on the labelled training split, cached at ``<workdir>/eval/feature_classifier.pt``
+    with its test accuracy (``features.load_or_train_feature_net``). Samples are first rounded to the
+    data's grey levels (``datasets.get_quantizer``), as the data are stored."""
+    train, test = datasets.get_dataset(config.data)
+    quantize = datasets.get_quantizer(config.data)
+    b = config.bench
+    if not b.image_metrics or train.ndim != 4 or quantize is None:
+        return None
+    if b.inception_weights is not None:
+        inverse = datasets.get_inverse_scaler(config.data)
+        info = {"network": "FID Inception-v3", "layer": "pool3 (2048)", "weights": b.inception_weights}
+        return ImageMetrics(inception_features(b.inception_weights, device=config.device), test, preprocess=lambda x: inverse(quantize(x)), info=info)
+    num_classes = datasets.num_classes(config.data)
+    if not num_classes:
+        return None
+    train_labels, test_labels = datasets.get_labels(config.data)
+    path = os.path.join(workdir, "eval", "feature_classifier.pt") if distributed.is_main() else None
+    net, info = load_or_train_feature_net(
+        path, train, train_labels, test, test_labels, num_classes=num_classes,
+        settings=FeatureNetSettings(jitter=datasets.bin_width(config.data)), log=log,
+    )
+    return ImageMetrics(feature_fn(net), test, preprocess=quantize, info=info)
 
 
 def _model_log_density(sde: LinearSDE, score_fn: ScoreFn, config: ml_collections.ConfigDict):

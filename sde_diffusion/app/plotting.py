@@ -90,11 +90,17 @@ def image_grid(x: torch.Tensor, nrow: Optional[int] = None, pad: int = 1) -> tor
 
 def image_grid_png(path: str, x: torch.Tensor, title: str = "", nrow: Optional[int] = None) -> str:
     """A grid of images ``(B, C, H, W)`` with values in [0, 1] (grey for C = 1) as a PNG."""
-    grid = image_grid(x.detach().cpu().float(), nrow).numpy()
-    fig, ax = plt.subplots(figsize=(6, 6))
-    ax.imshow(grid[0] if grid.shape[0] == 1 else grid.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-    ax.set_title(title)
-    ax.axis("off")
+    return image_grids_png(path, [(title, x)], nrow)
+
+
+def image_grids_png(path: str, panels: Sequence[tuple[str, torch.Tensor]], nrow: Optional[int] = None) -> str:
+    """Image grids side by side, one panel per (title, images ``(B, C, H, W)`` in [0, 1]), as a PNG."""
+    fig, axes = plt.subplots(1, len(panels), figsize=(6 * len(panels), 6.4), squeeze=False)
+    for ax, (title, x) in zip(axes[0], panels):
+        grid = image_grid(x.detach().cpu().float(), nrow).numpy()
+        ax.imshow(grid[0] if grid.shape[0] == 1 else grid.transpose(1, 2, 0), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+        ax.set_title(title)
+        ax.axis("off")
     fig.tight_layout()
     return _save(fig, path)
 

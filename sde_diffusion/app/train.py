@@ -8,10 +8,12 @@ One step (score_sde's ``optimization_manager`` + ``step_fn``), for n = 1, 2, ...
     η_n = lr · min(1, n / warmup) · d(n / n_iters)  (linear warm-up; d: ``optim.schedule``)
     θ ← Adam(θ, g, η_n);  θ̄ ← EMA(θ̄, θ)
 
-Everything random has its own seeded generator (``data``: batch indices; ``noise``: times, noise and
-dequantisation of the loss) or is seeded from ``config.seed`` (initial weights, dropout); all their
-states are checkpointed, so a run interrupted and resumed in the same workdir ends with the same
-weights as an uninterrupted one (bit for bit on the CPU).
+Everything random has its own seeded generator (``data``: batch indices; ``noise``: times, noise,
+flips and dequantisation of the loss) or is seeded from ``config.seed`` (initial weights, dropout);
+all their states are checkpointed, so a run interrupted and resumed in the same workdir ends with
+the same weights as an uninterrupted one (bit for bit on the CPU). Batches stream from disk through
+a DataLoader with ``config.data.num_workers`` processes (``sde_diffusion.data.loader``), whose data
+generator state is that of the last batch consumed, however far the workers have read ahead.
 
 Under ``torchrun`` the step is data-parallel (``sde_diffusion.core.distributed``): ``batch_size`` is the
 global batch, drawn with its loss noise alike on every process, each of the W processes evaluating
@@ -51,6 +53,7 @@ from sde_diffusion.app.plotting import image_grid, scatter_figure
 from sde_diffusion.app.workdir import check_compatible, checkpoint_dir, latest_state, write_samples
 from sde_diffusion.core import distributed
 from sde_diffusion.data import datasets
+from sde_diffusion.data.loader import StepBatches
 from sde_diffusion.training import losses
 from sde_diffusion.training.checkpoints import check_writable, latest_checkpoint, remove_temporaries, save_checkpoint
 from sde_diffusion.training.ema import EMA
@@ -269,9 +272,10 @@ def _train(config: ConfigDict, workdir: str, stop: StopRequest) -> TrainState:
     removed = prepare_checkpoint_dir(workdir)
     sde = build_sde(config)
     loss_fn = losses.get_loss_fn(sde, tc)
-    train_data = datasets.get_dataset(config.data)[0].to(config.device)
-    train_labels = datasets.get_labels(config.data)[0].to(config.device) if config.model.get("num_classes", 0) else None
+    conditional = bool(config.model.get("num_classes", 0))
+    train_source = datasets.get_split(config.data)[0]
     dequantize = datasets.get_dequantizer(config.data)
+    flip = bool(config.data.random_flip)
     state = init_state(config)
     resumed = restore(state, config, workdir)
     saved_step = state.step if resumed else -1
@@ -291,10 +295,14 @@ def _train(config: ConfigDict, workdir: str, stop: StopRequest) -> TrainState:
         bar.write(f"data-parallel on {distributed.describe()}: {tc.batch_size // distributed.world_size()} rows of each global batch of {tc.batch_size} per process")
     if main and resumed:
         bar.write(f"resumed from {resumed} at step {state.step}")
+    batches = StepBatches(train_source, losses.rows_per_step(tc), state.data_generator, config.data.num_workers)
     try:
         while state.step < tc.n_iters:
-            idx = torch.randint(train_data.shape[0], (losses.rows_per_step(tc),), generator=state.data_generator, device=config.device)
-            batch, labels = train_data[idx], None if train_labels is None else train_labels[idx]
+            values, labels = next(batches)
+            batch = datasets.to_model_space(config.data, values).to(config.device)
+            labels = labels.to(config.device) if conditional else None
+            if flip:
+                batch = datasets.random_flip(batch, state.noise_generator)
             if dequantize is not None:
                 batch = dequantize(batch, state.noise_generator)
             if batch.ndim == 4:
@@ -327,6 +335,7 @@ def _train(config: ConfigDict, workdir: str, stop: StopRequest) -> TrainState:
             " rerun the command, with any number of processes, to resume from it"
         ) from err
     finally:
+        batches.close()
         bar.close()
         if writer is not None:
             writer.close()

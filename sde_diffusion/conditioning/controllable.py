@@ -38,10 +38,8 @@ import torch
 
 import solvers
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import append_dims, batch_time, check_finite
-from solvers.registry import METHODS
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)
@@ -151,6 +149,8 @@ def impute(
     def noise(x: torch.Tensor) -> torch.Tensor:
         return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
-    score = constrained_score_fn(sde, score_fn, constraint, None if METHODS.get(method).deterministic else noise)
+    options = {k: v for k, v in sample_kwargs.items() if k in solvers.METHODS.get(method).options}
+    deterministic = solvers.METHODS.get(method).is_deterministic(options)
+    score = constrained_score_fn(sde, score_fn, constraint, None if deterministic else noise)
     x, nfe = solvers.sample(sde, score, x_T.shape, method, x_T=x_T, generator=generator, **sample_kwargs)
     return constraint.complement(x) + known.to(x.dtype), nfe

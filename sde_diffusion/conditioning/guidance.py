@@ -28,7 +28,6 @@ Conventions
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Union
 
 import torch
@@ -36,14 +35,13 @@ import torch
 from sde_diffusion.conditioning.classifier import ClassifierFn, log_prob_grad
 from sde_diffusion.core.mixtures import GaussianMixture
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import batch_time
 from sde_diffusion.models.embeddings import NULL_LABEL
 
 #: A sampling label asking for every class in turn, ``n // C`` samples each (one grid row per class).
 ALL_CLASSES = -1
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-ConditionalScoreFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 Labels = Union[int, torch.Tensor]
 
 
@@ -80,7 +78,7 @@ def guide(cond: torch.Tensor, uncond: torch.Tensor, w: float) -> torch.Tensor:
     return cond + w * (cond - uncond)
 
 
-def conditional_score_fn(score_fn: ConditionalScoreFn, labels: Labels) -> ScoreFn:
+def conditional_score_fn(score_fn: ScoreFn, labels: Labels) -> ScoreFn:
     """The score ∇log p_t(x | y) of a class-conditional score function at fixed labels."""
     check_labels(labels)
 
@@ -90,7 +88,7 @@ def conditional_score_fn(score_fn: ConditionalScoreFn, labels: Labels) -> ScoreF
     return conditional
 
 
-def classifier_free_guidance(score_fn: ConditionalScoreFn, labels: Labels, w: float) -> ScoreFn:
+def classifier_free_guidance(score_fn: ScoreFn, labels: Labels, w: float) -> ScoreFn:
     """s̃ = (1 + w) s(x, t, y) - w s(x, t, ∅) (module docstring), the two scores from one call on the
     doubled batch [x; x] with labels [y; ∅]; w = 0 is ``conditional_score_fn`` (one batch)."""
     check_labels(labels, allow_null=False)
@@ -120,7 +118,7 @@ def classifier_guidance(score_fn: ScoreFn, classifier: ClassifierFn, labels: Lab
     return guided
 
 
-def mixture_conditional_score_fn(mixture: GaussianMixture, sde: LinearSDE) -> ConditionalScoreFn:
+def mixture_conditional_score_fn(mixture: GaussianMixture, sde: LinearSDE) -> ScoreFn:
     """The exact class-conditional score of a mixture whose classes are its components: label k gives
     the score of component k alone, N(α μ_k, α² C_k + σ² I); ``NULL_LABEL`` the whole mixture's."""
     parts = [GaussianMixture([1.0], mixture.means[k : k + 1], mixture.covariances[k : k + 1]) for k in range(mixture.n_components)]

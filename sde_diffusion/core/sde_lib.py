@@ -9,6 +9,10 @@ SDE of the toolkit is *linear*,
 so ``LinearSDE`` also exposes α(t), σ(t), the half log-SNR λ(t) = log(α/σ) and its inverse, on which
 samplers and fast solvers are written once for all SDEs. Times are ``(B,)`` tensors (a Python float is
 broadcast); data may have any rank.
+
+Times are validated once, where they enter: a Python number given to any method is checked here
+(no cost), a tensor is not (checking it would be a device-to-host sync on every network evaluation);
+entry points that take user times (samplers, likelihoods) call ``check_time`` on them once.
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import torch
 
 from sde_diffusion.core.discrete import DDPMChain, SMLDChain
 from sde_diffusion.core.registry import Registry
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import (
     TimeLike,
     append_dims,
@@ -32,8 +37,6 @@ from sde_diffusion.core.utils import (
     check_time,
     sum_except_batch,
 )
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 SDES: Registry[type[LinearSDE]] = Registry("SDE")
 
@@ -92,7 +95,7 @@ class ReverseSDE:
     Song et al. 2021, eq. 46): x_i = x_{i+1} - f_{i+1} + c G_{i+1}² s + G̃_{i+1} z.
     """
 
-    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False) -> None:
+    def __init__(self, forward: LinearSDE, score_fn: ScoreFn, probability_flow: bool = False) -> None:
         self.forward = forward
         self.score_fn = score_fn
         self.probability_flow = probability_flow
@@ -106,10 +109,9 @@ class ReverseSDE:
         return 0.5 if self.probability_flow else 1.0
 
     def sde(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
-        t = batch_time(t, x)
-        drift, diffusion = self.forward.sde(x, t)
-        score = self.score_fn(x, t)
-        drift = drift - append_dims(diffusion**2, x.ndim) * score * self._coef()
+        t = batch_time(self.forward._number(t), x)
+        _, diffusion = self.forward.sde(x, t)
+        drift = self.forward.reverse_drift(x, t, self.score_fn(x, t), self.probability_flow)
         if self.probability_flow:
             diffusion = torch.zeros_like(diffusion)
         return drift, diffusion
@@ -154,11 +156,20 @@ class LinearSDE(SDE):
     @abc.abstractmethod
     def _t_of_lambda(self, lam: torch.Tensor) -> torch.Tensor: ...
 
-    # --- public, validated ----------------------------------------------------------------------
+    # --- public; a Python number is validated, a tensor is checked at the entry points ----------
     def _time(self, t: TimeLike) -> torch.Tensor:
-        t = as_tensor_time(t)
-        check_time(t, self.T)
+        return as_tensor_time(self._number(t))
+
+    def _number(self, t: TimeLike) -> TimeLike:
+        """``t``, checked when it is a Python number."""
+        if not isinstance(t, torch.Tensor):
+            check_time(as_tensor_time(t), self.T)
         return t
+
+    def check_time(self, t: TimeLike, name: str = "t") -> None:
+        """Raise ``ValueError`` unless every time is finite and in [0, T] (one host sync for a tensor:
+        call it where times enter, not per network evaluation)."""
+        check_time(as_tensor_time(t), self.T, name)
 
     def alpha(self, t: TimeLike) -> torch.Tensor:
         """Mean coefficient α(t) of the kernel."""
@@ -192,13 +203,22 @@ class LinearSDE(SDE):
             raise ValueError("lambda must not be NaN")
         return self._t_of_lambda(lam)
 
+    def reverse_drift(self, x: torch.Tensor, t: TimeLike, score: torch.Tensor, probability_flow: bool = False) -> torch.Tensor:
+        """Drift of the reverse-time SDE, f(t) x - g(t)² s, or of the probability-flow ODE,
+        f(t) x - ½ g(t)² s (Song et al. 2021, eqs. 6, 13), for the score s at (x, t): the one place
+        this drift is written (``ReverseSDE``, the ODE samplers, Gotta-Go-Fast, the likelihood)."""
+        t = batch_time(self._number(t), x)
+        c = 0.5 if probability_flow else 1.0
+        f, g2 = append_dims(self.f(t), x.ndim).to(x.dtype), append_dims(self.g2(t), x.ndim).to(x.dtype)
+        return f * x - c * g2 * score
+
     # --- the score_sde interface ----------------------------------------------------------------
     def sde(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
-        t = batch_time(t, x)
+        t = batch_time(self._number(t), x)
         return append_dims(self.f(t), x.ndim) * x, self.g2(t).sqrt()
 
     def marginal_prob(self, x: torch.Tensor, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
-        t = batch_time(t, x)
+        t = batch_time(self._number(t), x)
         return append_dims(self.alpha(t), x.ndim) * x, self.sigma(t)
 
     def prior_sampling(

@@ -28,8 +28,8 @@ import torch
 from sde_diffusion.core.discrete import DDPMChain
 from sde_diffusion.core.parameterization import data_from_score
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import append_dims, check_finite, check_positive_int, sum_except_batch
-from solvers.common import ScoreFn
 
 
 def gaussian_kl(mean_q: torch.Tensor, var_q: torch.Tensor, mean_p: torch.Tensor, var_p: torch.Tensor) -> torch.Tensor:

@@ -23,8 +23,9 @@ from torchdiffeq import odeint
 
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import LinearSDE
-from sde_diffusion.core.utils import append_dims, check_finite, check_positive_int, sum_except_batch
-from solvers.common import CountedScore, ScoreFn
+from sde_diffusion.core.types import ScoreFn
+from sde_diffusion.core.utils import check_finite, check_positive_int, sum_except_batch
+from solvers.common import GuardedScore
 
 #: ``divergence(out, x) -> (B,)``: the divergence of ``out`` (a function of ``x``) w.r.t. ``x``.
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -127,19 +128,24 @@ def log_likelihood(
     check_finite(x, "x")
     x = x.detach()
     divergence = estimator(x, n_probes=n_probes, probe=probe, generator=generator)
-    counted = CountedScore(score_fn)
+    counted = GuardedScore(score_fn, "log_likelihood")
 
     def dynamics(t: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         t = t.clamp(eps, sde.T).expand(x.shape[0])
         with torch.enable_grad():
             xt = state[0].detach().requires_grad_(True)
-            drift = append_dims(sde.f(t), x.ndim) * xt - 0.5 * append_dims(sde.g2(t), x.ndim) * counted(xt, t)
+            drift = sde.reverse_drift(xt, t, counted(xt, t), probability_flow=True)
             div = divergence(drift, xt)
         return drift.detach(), div.detach()
 
     times = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
     state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
-    zs, deltas = odeint(dynamics, state, times, rtol=rtol, atol=atol, method=method)
+    try:
+        zs, deltas = odeint(dynamics, state, times, rtol=rtol, atol=atol, method=method)
+    except Exception:
+        counted.check()  # a non-finite score is the cause of whatever failed after it
+        raise
+    counted.check()
     z, delta = zs[-1], deltas[-1]
     logp = (prior_logp or sde.prior_logp)(z).to(x.dtype) + delta
     return logp, z, counted.nfe

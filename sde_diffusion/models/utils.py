@@ -22,7 +22,6 @@ class-conditional) that declares what it predicts
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Optional
 
 import torch
@@ -31,9 +30,8 @@ from torch import nn
 from sde_diffusion.core.parameterization import PARAMETERIZATIONS
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import append_dims, batch_time
-
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 MODELS: Registry[type[ScoreNetwork]] = Registry("model")
 

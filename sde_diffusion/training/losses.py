@@ -33,11 +33,11 @@ from torch import nn
 from sde_diffusion.core.discrete import DDPMChain, SMLDChain
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import append_dims, sum_except_batch
 from sde_diffusion.models.embeddings import NULL_LABEL
 from sde_diffusion.models.utils import get_score_fn
 
-ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PerSampleLoss = Callable[[ScoreFn, torch.Tensor, Optional[torch.Generator]], torch.Tensor]
 LossFn = Callable[..., torch.Tensor]
 

@@ -12,10 +12,10 @@ latents, its reference solution and its true samples (each computed once), and r
 
 Fixed-step methods are run at the step counts whose counted NFE best matches each target of the
 NFE grid (NFE is affine in ``steps`` for every method, so two probe runs on a tiny batch fix the
-map); methods with a tolerance option (``rtol``, ``atol``, ``eps_rel``, ``eps_abs``) are swept over
-tolerances instead. Deterministic methods (measured: two runs from the same latents with different
-generators agree bit for bit) are also scored against the reference: median and RMS distance and
-the fraction of samples that changed mode (RMS alone is dominated by those few). Every row gets the distribution metrics of ``sde_diffusion.evaluation.metrics``.
+map); adaptive methods (``Method.is_adaptive`` of the run's options) are swept over their
+tolerances ``rtol`` = ``atol`` instead. Deterministic methods (``Method.is_deterministic`` of the
+run's options) are also scored against the reference: median and RMS distance and the fraction of
+samples that changed mode (RMS alone is dominated by those few). Every row gets the distribution metrics of ``sde_diffusion.evaluation.metrics``.
 
 Under torchrun the runs on all latents and the reference are split across the processes
 (``solve_split``) and every process scores the gathered samples, so all of them return the same rows.

@@ -13,15 +13,17 @@ from torchdiffeq import odeint
 from sde_diffusion.core.mixtures import GaussianMixture
 from sde_diffusion.core.parameterization import data_from_score
 from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.evaluation import metrics
-from solvers.common import CountedScore, ScoreFn, full_time, tweedie_denoise
+from sde_diffusion.evaluation.image_metrics import ImageMetrics
+from solvers.common import CountedScore, full_time, tweedie_denoise
 
 #: The default NFE grid for fixed-step methods.
 NFE_GRID = (5, 10, 20, 50, 100, 200, 500, 1000)
 #: Tolerances for adaptive methods (every tolerance option of a method is set to the value).
 TOLERANCES = (1e-1, 1e-2, 1e-3, 1e-4, 1e-5)
 #: Option names that make a method adaptive.
-TOLERANCE_OPTIONS = ("rtol", "atol", "eps_rel", "eps_abs")
+TOLERANCE_OPTIONS = ("rtol", "atol")
 #: torchdiffeq's adaptive Runge–Kutta methods (they accept ``step_t``).
 ADAPTIVE_RK = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 #: Warn when a final denoise at eps would shrink the finest mode's spread by more than this.
@@ -69,6 +71,10 @@ class Problem:
         smallest per-mode standard deviation).
       log_density: ``x -> log p(x)`` for the ``mean_logp`` column (default: the analytic target's
         true density; for a trained checkpoint, the model's likelihood), named by log_density_label.
+      image_metrics: FD and KID against a reference set on a feature network (the ``fd``, ``kid`` and
+        ``kid_se`` columns; ``image_metrics.ImageMetrics``).
+      floor_samples: data samples (e.g. training images, n of them where there are) scored by
+        ``image_metrics`` in place of samples: the floor that exact samples would reach.
       name: used in reports.
     """
 
@@ -87,6 +93,8 @@ class Problem:
     fine_scale: Optional[float] = None
     log_density: Optional[LogDensity] = None
     log_density_label: str = "true log-density"
+    image_metrics: Optional[ImageMetrics] = None
+    floor_samples: Optional[torch.Tensor] = None
     name: str = "problem"
 
     def __post_init__(self) -> None:
@@ -117,6 +125,7 @@ class Problem:
             "dtype": str(self.dtype).replace("torch.", ""),
             "fine_scale": self.fine_scale,
             "mean_logp": self.log_density_label if self.log_density is not None else None,
+            **({f"features_{k}": v for k, v in self.image_metrics.describe().items()} if self.image_metrics is not None else {}),
         }
 
 
@@ -214,10 +223,12 @@ def quality(
     true_samples: Optional[torch.Tensor] = None,
     reference: Optional[torch.Tensor] = None,
     log_density: Optional[LogDensity] = None,
+    image_metrics: Optional[ImageMetrics] = None,
 ) -> dict[str, float]:
     """Quality of samples x: distance to the matched ``reference`` (median, RMS, mode switches),
     energy distance to ``true_samples``, and for an analytic ``target`` the mode-weight TV, spread
-    ratio and off-manifold fraction; ``mean_logp`` from ``log_density``."""
+    ratio and off-manifold fraction; ``mean_logp`` from ``log_density``; FD, KID and KID's standard
+    error from ``image_metrics``."""
     out: dict[str, float] = {}
     if reference is not None:
         dist = metrics.distance_to_reference(x, reference)
@@ -232,6 +243,8 @@ def quality(
         out["off_manifold"] = metrics.off_manifold_fraction(target, x)
     if log_density is not None:
         out["mean_logp"] = float(log_density(x).mean())
+    if image_metrics is not None:
+        out.update(image_metrics(x))
     return out
 
 

@@ -20,9 +20,12 @@ PLOTS = (
     ("energy", "energy distance to true samples", None),
     ("mode_tv", "mode-weight TV", None),
     ("spread", "per-mode spread ratio (1 is exact)", (0.25, 4.0)),
+    ("fd", "Fréchet distance ({features} features)", None),
+    ("kid", "KID ({features} features)", None),
 )
 MARKERS = "os^vD<>ph*"
-
+#: Up to this many distinct NFE values, each is a labelled tick.
+MAX_NFE_TICKS = 12
 
 
 def markdown_table(result: BenchmarkResult) -> str:
@@ -58,6 +61,7 @@ def plot_quality(result: BenchmarkResult, path: str) -> str:
     import matplotlib.pyplot as plt
 
     panels = [p for p in PLOTS if any(getattr(r, p[0]) is not None for r in result.rows)]
+    nfes = sorted({r.nfe for r in result.rows})
     methods = sorted({r.method for r in result.rows})
     colors = plt.get_cmap("tab20")(torch.linspace(0, 1, max(len(methods), 2)).tolist())
     styles = {m: {"color": c, "marker": MARKERS[i % len(MARKERS)]} for i, (m, c) in enumerate(zip(methods, colors))}
@@ -72,9 +76,12 @@ def plot_quality(result: BenchmarkResult, path: str) -> str:
         _reference_lines(ax, column, result.problem)
         ax.set_xscale("log")
         ax.set_yscale("log")
+        if len(nfes) <= MAX_NFE_TICKS:
+            ax.set_xticks(nfes, [str(n) for n in nfes])
+            ax.xaxis.set_minor_formatter(plt.NullFormatter())
         if ylim is not None:
             ax.set_ylim(*ylim)
-        ax.set_title(title, fontsize=10)
+        ax.set_title(title.format(features=result.problem.get("features_network", "")), fontsize=10)
         ax.set_xlabel("NFE")
         ax.grid(True, which="both", alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
@@ -91,14 +98,17 @@ def plot_quality(result: BenchmarkResult, path: str) -> str:
 
 def _reference_lines(ax: Any, column: str, problem: dict[str, Any]) -> None:
     """Dashed lines at what exact samples would score: the energy noise floor, the expected mode-TV
-    of n exact samples, spread 1, and the bound on the reference's own error."""
+    of n exact samples, spread 1, the FD and KID of the problem's floor samples (where positive, on
+    the log axes), and the bound on the reference's own error."""
     level = {
         "energy": problem.get("energy_noise_floor"),
         "mode_tv": problem.get("mode_tv_noise"),
         "spread": 1.0,
         "median_dist": problem.get("reference_error"),
+        "fd": problem.get("fd_floor"),
+        "kid": problem.get("kid_floor"),
     }.get(column)
-    if level:
+    if level is not None and level > 0:
         ax.axhline(level, color="k", ls="--", lw=0.8)
 
 

@@ -15,6 +15,7 @@ import torch
 
 import solvers
 from sde_diffusion.core import distributed
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.evaluation import metrics
 from sde_diffusion.evaluation.benchmark.problem import (
     MAX_NFE,
@@ -28,7 +29,7 @@ from sde_diffusion.evaluation.benchmark.problem import (
     quality,
     reference_solution,
 )
-from solvers.common import CountedScore, ScoreFn
+from solvers.common import CountedScore
 
 
 def solve_split(solve: Callable[[torch.Tensor], tuple[torch.Tensor, int]], x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -67,6 +68,9 @@ class Row:
     spread: Optional[float] = None
     off_manifold: Optional[float] = None
     mean_logp: Optional[float] = None
+    fd: Optional[float] = None
+    kid: Optional[float] = None
+    kid_se: Optional[float] = None
 
 
 @dataclass
@@ -114,17 +118,20 @@ def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), options
 
 
-def is_adaptive(method: str) -> bool:
-    """A method with a tolerance option is swept over tolerances, not steps."""
-    return any(k in solvers.METHODS.get(method).options for k in TOLERANCE_OPTIONS)
+def is_adaptive(spec: str) -> bool:
+    """Whether ``spec`` ("name" or "name:key=value,...") is swept over tolerances, not steps, as its
+    method declares for those options."""
+    name, options = parse_method(spec)
+    return solvers.METHODS.get(name).is_adaptive(options)
 
 
 class Benchmark:
     """A problem with its matched latents, reference solution and true samples (each computed once
-    on first use), and the runs over it."""
+    on first use), and the runs over it. ``reference_tol`` None skips the reference solution and
+    with it the distance columns (a trained image model's reference costs hundreds of NFE)."""
 
     def __init__(
-        self, problem: Problem, *, reference_tol: float = 1e-10, reference_method: str = "dopri5", max_nfe: int = MAX_NFE
+        self, problem: Problem, *, reference_tol: Optional[float] = 1e-10, reference_method: str = "dopri5", max_nfe: int = MAX_NFE
     ) -> None:
         self.problem = problem
         self.max_nfe = max_nfe
@@ -159,15 +166,16 @@ class Benchmark:
 
     # --- running one method -------------------------------------------------------------------------
     def options(self, method: str, variant: dict[str, Any], tol: Optional[float] = None) -> dict[str, Any]:
-        """The options a run of ``method`` gets: the problem's ``t_start`` and ``denoise`` where the
-        method takes them, the tolerance ``tol`` for every tolerance option, then ``variant``."""
-        accepted = solvers.METHODS.get(method).options
+        """The arguments a run of ``method`` gets: the problem's ``t_start`` where the method takes
+        it, its ``denoise``, the tolerance ``tol`` for every tolerance option, then ``variant``."""
+        spec = solvers.METHODS.get(method)
+        accepted = spec.options
         p = self.problem
         opts: dict[str, Any] = {}
-        if "t_start" in accepted:
+        if "t_start" in spec.takes:
             opts["t_start"] = p.t_start
         elif p.t_start != p.sde.T:
-            raise ValueError(f"method {method!r} has no t_start option and always starts at T = {p.sde.T}, not at {p.t_start:.4g}")
+            raise ValueError(f"method {method!r} takes no t_start and always starts at T = {p.sde.T}, not at {p.t_start:.4g}")
         if "denoise" in accepted:
             opts["denoise"] = p.denoise
         if tol is not None:
@@ -178,16 +186,13 @@ class Benchmark:
         name, variant = parse_method(spec)
         g = torch.Generator(device=x_T.device).manual_seed(seed)
         p, score = self.problem, BudgetedScore(self.problem.score_fn, self.max_nfe)
-        return solvers.sample(p.sde, score, x_T.shape, name, steps=steps, eps=p.eps, x_T=x_T, generator=g, **self.options(name, variant, tol))
+        eps = p.eps if "eps" in solvers.METHODS.get(name).takes else None
+        return solvers.sample(p.sde, score, x_T.shape, name, steps=steps, eps=eps, x_T=x_T, generator=g, **self.options(name, variant, tol))
 
     def is_deterministic(self, spec: str, tol: Optional[float] = None) -> bool:
-        """Measured: two runs on a small batch from the same latents with different generators
-        agree exactly."""
-        steps = None if tol is not None else PROBE_STEPS[0]
-        x_T = self.latents[:8]
-        a, _ = self._sample(spec, x_T, steps, tol, seed=1)
-        b, _ = self._sample(spec, x_T, steps, tol, seed=2)
-        return torch.equal(a, b)
+        """Whether ``spec``'s samples depend on x_T alone, as its method declares for its options."""
+        name, variant = parse_method(spec)
+        return solvers.METHODS.get(name).is_deterministic(variant)
 
     def steps_for_nfe(self, spec: str, targets: Sequence[int]) -> list[int]:
         """Distinct step counts whose NFE is nearest to each target: nfe(steps) = a + b·steps is
@@ -216,7 +221,8 @@ class Benchmark:
             x,
             target=p.target,
             true_samples=self.true_samples,
-            reference=self.reference if deterministic else None,
+            reference=self.reference if deterministic and self.reference_tol is not None else None,
+            image_metrics=p.image_metrics,
             log_density=p.log_density,
         )
         setting = f"tol={tol:g}" if tol is not None else f"steps={steps}"
@@ -256,9 +262,8 @@ class Benchmark:
     def _sweep_method(self, spec: str, nfe_grid: Sequence[int], tolerances: Sequence[float], result: BenchmarkResult) -> list[Row]:
         """The rows of one method. Tolerances run from loose to tight and stop at the first run over
         the NFE budget, as tighter ones cost more."""
-        name, _ = parse_method(spec)
         try:
-            adaptive = is_adaptive(name)
+            adaptive = is_adaptive(spec)
             settings = [(None, tol) for tol in sorted(tolerances, reverse=True)] if adaptive else [(s, None) for s in self.steps_for_nfe(spec, nfe_grid)]
             deterministic = self.is_deterministic(spec, settings[0][1])
         except (ValueError, NFEBudgetExceeded) as err:
@@ -282,6 +287,10 @@ class Benchmark:
             out["energy_noise_floor"] = metrics.energy_noise_floor(self.true_samples, self.problem.n, self.true_samples.shape[0])
         if self.problem.target is not None:
             out["mode_tv_noise"] = metrics.sample_tv_bound(self.problem.target, self.problem.n, z=math.sqrt(2 / math.pi))
+        p = self.problem
+        if p.image_metrics is not None and p.floor_samples is not None:
+            floor = p.image_metrics(p.floor_samples)
+            out.update(fd_floor=floor["fd"], kid_floor=floor["kid"], kid_floor_se=floor["kid_se"], n_floor=p.floor_samples.shape[0])
         return out
 
 def fmt(value: Any) -> str:
