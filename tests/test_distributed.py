@@ -29,6 +29,7 @@ from sde_diffusion.core import distributed
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import ring
 from sde_diffusion.data import datasets
+from sde_diffusion.data.loader import StepBatches
 from sde_diffusion.evaluation.benchmark import Benchmark, Problem
 from sde_diffusion.training import losses
 from sde_diffusion.training.checkpoints import latest_checkpoint, list_checkpoints, load_checkpoint
@@ -155,18 +156,21 @@ class BlockGradients(torch.nn.Module):
 
 def train_in_blocks(config: ConfigDict, block_steps: int) -> TrainState:
     """``train``'s trajectory on this process, its first ``block_steps`` gradients summed in the
-    2-process order (``BlockGradients``), the rest over the whole batch; the batch and its
+    2-process order (``BlockGradients``), the rest over the whole batch; the batches, their flips and
     dequantisation are drawn as ``train`` draws them."""
     tc = config.training
     state, loss_fn = init_state(config), losses.get_loss_fn(build_sde(config), tc)
-    data = datasets.get_dataset(config.data)[0]
-    labels = datasets.get_labels(config.data)[0] if config.model.get("num_classes", 0) else None
     dequantize = datasets.get_dequantizer(config.data)
+    batches = StepBatches(datasets.get_split(config.data)[0], losses.rows_per_step(tc), state.data_generator, 0)
     while state.step < tc.n_iters:
-        idx = torch.randint(data.shape[0], (losses.rows_per_step(tc),), generator=state.data_generator)
-        batch = data[idx] if dequantize is None else dequantize(data[idx], state.noise_generator)
+        values, labels = next(batches)
+        batch = datasets.to_model_space(config.data, values)
+        if config.data.random_flip:
+            batch = datasets.random_flip(batch, state.noise_generator)
+        if dequantize is not None:
+            batch = dequantize(batch, state.noise_generator)
         shard = BlockGradients(state.model, tc.batch_size) if state.step < block_steps else None
-        train_step(state, loss_fn, batch, config.optim, tc.n_iters, None if labels is None else labels[idx], shard)
+        train_step(state, loss_fn, batch, config.optim, tc.n_iters, labels if config.model.get("num_classes", 0) else None, shard)
     return state
 
 
