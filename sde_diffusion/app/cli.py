@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Optional
 
@@ -184,7 +185,7 @@ def _explain_flag_error(argv: list[str], config: Optional[ConfigDict], err: Exce
 def main(argv: list[str]) -> None:
     from sde_diffusion.app.config import validate
     from sde_diffusion.app.resources import format_bytes
-    from sde_diffusion.app.train import NonFiniteLossError
+    from sde_diffusion.app.train import NonFiniteLossError, TrainingInterrupted
     from sde_diffusion.app.workdir import WorkdirLockedError, ensure_writable
     from sde_diffusion.core import distributed
 
@@ -214,7 +215,25 @@ def main(argv: list[str]) -> None:
         need = f"an allocation of {format_bytes(int(failed.group(1)))} failed" if failed and failed.group(1) else "out of memory"
         sys.exit(f"error: {need}; lower the sizes the command allocates (config.sampling.batch_size, config.eval.batch_size,"
                  " config.training.batch_size, config.data.n_train, config.data.n_test)")
+    except TrainingInterrupted as err:
+        if err.main:
+            print(err, file=sys.stderr)
+        sys.exit(128 + err.signum)
+    except KeyboardInterrupt as err:
+        print(str(err) or "aborted", file=sys.stderr)
+        sys.exit(128 + 2)
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """This package's warnings as one line ``warning: ...``; others as Python formats them."""
+    if category.__module__.startswith("sde_diffusion."):
+        return f"warning: {message}\n"
+    return _python_format_warning(message, category, filename, lineno, line)
+
+
+_python_format_warning = warnings.formatwarning
 
 
 def run() -> None:
+    warnings.formatwarning = _format_warning
     app.run(main, flags_parser=_parse_flags)

@@ -20,6 +20,12 @@ global batch, drawn with its loss noise alike on every process, each of the W pr
 the network on its B/W rows; the averaged gradient is the full-batch one, so W processes follow the
 single-process trajectory up to floating-point summation order (without dropout, whose masks each
 process draws for its own rows). Rank 0 alone logs and writes checkpoints, which any W resumes.
+
+No work is lost: before the first step the checkpoint directory is checked to be writable and the
+temporaries of interrupted checkpoint writes are removed; a damaged latest checkpoint is set aside
+(``<name>.corrupt``, with a warning) for the newest valid one; SIGINT or SIGTERM finishes the current
+step, checkpoints it and raises ``TrainingInterrupted`` (every process of a job stops after the same
+step: the requests are combined after each step), and a second signal aborts at once.
 """
 from __future__ import annotations
 
@@ -27,6 +33,10 @@ import json
 import math
 import os
 import random
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -45,7 +55,7 @@ from sde_diffusion.core import distributed
 from sde_diffusion.data import datasets
 from sde_diffusion.data.loader import StepBatches
 from sde_diffusion.training import losses
-from sde_diffusion.training.checkpoints import latest_checkpoint, save_checkpoint
+from sde_diffusion.training.checkpoints import check_writable, latest_checkpoint, remove_temporaries, save_checkpoint
 from sde_diffusion.training.ema import EMA
 from sde_diffusion.training.optim import OPTIMIZERS, learning_rate
 from sde_diffusion.training.precision import autocast
@@ -53,6 +63,42 @@ from sde_diffusion.training.precision import autocast
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN or infinite loss or gradient; the checkpoints on disk are intact."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """SIGINT or SIGTERM stopped training after a step, which was checkpointed (``signum``: the
+    signal; ``main``: raised on rank 0, which reports it)."""
+
+    def __init__(self, message: str, signum: int, main: bool = True) -> None:
+        super().__init__(message)
+        self.signum, self.main = signum, main
+
+
+class StopRequest:
+    """Records the first SIGINT or SIGTERM instead of raising; a second one raises
+    ``KeyboardInterrupt`` at once. Installed only in the main thread, where Python runs handlers."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum:
+            raise KeyboardInterrupt(f"aborted by a second signal ({signal.Signals(signum).name}) before the current step was checkpointed")
+        self.signum = signum
+
+    @contextmanager
+    def installed(self) -> Iterator[StopRequest]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        try:
+            yield self
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 @dataclass
@@ -123,10 +169,21 @@ def init_state(config: ConfigDict) -> TrainState:
     )
 
 
+def prepare_checkpoint_dir(workdir: str) -> list[str]:
+    """On rank 0, for every process: raise ``ValueError`` unless the checkpoint directory is writable,
+    and remove the temporaries of interrupted checkpoint writes (their paths are returned)."""
+
+    def prepare() -> list[str]:
+        check_writable(checkpoint_dir(workdir))
+        return remove_temporaries(checkpoint_dir(workdir))
+
+    return distributed.from_main(prepare)
+
+
 def restore(state: TrainState, config: ConfigDict, workdir: str) -> Optional[str]:
-    """Load the latest checkpoint of ``workdir`` into ``state`` (on every process, from rank 0's
-    copy); its path, or None if there is none."""
-    path, saved = latest_state(workdir)
+    """Load the newest valid checkpoint of ``workdir`` into ``state`` (on every process, from rank
+    0's copy), setting damaged newer ones aside; its path, or None if there is none."""
+    path, saved = latest_state(workdir, set_aside_damaged=True)
     if path is not None:
         check_compatible(config, ConfigDict(json.loads(saved["config"])), path)
         state.load_state_dict(saved)
@@ -199,12 +256,20 @@ def log_samples(writer: SummaryWriter, state: TrainState, config: ConfigDict, wo
 
 def train(config: ConfigDict, workdir: str) -> TrainState:
     """Train per ``config`` (validated by ``config.validate``) in ``workdir``, resuming from its
-    latest checkpoint; returns the final state. Raises ``NonFiniteLossError`` naming the step if
-    the loss diverges, leaving the checkpoints written so far intact. In a multi-process run every
-    process returns the same state once rank 0 has written the last checkpoint; if a process stops,
-    the others raise ``distributed.ProcessGroupError`` naming the checkpoint to resume from."""
+    newest valid checkpoint; returns the final state. Raises ``ValueError`` before any step if the
+    checkpoint directory is not writable, ``TrainingInterrupted`` after checkpointing the current step
+    on SIGINT/SIGTERM, and ``NonFiniteLossError`` naming the step if the loss diverges, leaving the
+    checkpoints written so far intact. In a multi-process run every process returns the same state
+    once rank 0 has written the last checkpoint; if a process stops, the others raise
+    ``distributed.ProcessGroupError`` naming the checkpoint to resume from."""
+    with StopRequest().installed() as stop:
+        return _train(config, workdir, stop)
+
+
+def _train(config: ConfigDict, workdir: str, stop: StopRequest) -> TrainState:
     main = distributed.is_main()
     tc = config.training
+    removed = prepare_checkpoint_dir(workdir)
     sde = build_sde(config)
     loss_fn = losses.get_loss_fn(sde, tc)
     conditional = bool(config.model.get("num_classes", 0))
@@ -213,17 +278,19 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
     flip = bool(config.data.random_flip)
     state = init_state(config)
     resumed = restore(state, config, workdir)
+    saved_step = state.step if resumed else -1
     memory_format = torch.channels_last if tc.channels_last else torch.contiguous_format
     state.model.to(memory_format=memory_format)
     network = torch.compile(state.model) if tc.compile else state.model
     if main:
-        os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config.to_json(indent=2))
     shard = distributed.shard_model(state.model, tc.batch_size)
     distributed.seed_other_ranks(config.seed + state.step)
     writer = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=state.step + 1) if main else None
     bar = tqdm(total=tc.n_iters, initial=state.step, desc="training", disable=not (tc.progress and main), dynamic_ncols=True)
+    if main and removed:
+        bar.write(f"removed {len(removed)} temporary file(s) of interrupted checkpoint writes: {', '.join(map(os.path.basename, removed))}")
     if main and shard is not None:
         bar.write(f"data-parallel on {distributed.describe()}: {tc.batch_size // distributed.world_size()} rows of each global batch of {tc.batch_size} per process")
     if main and resumed:
@@ -250,8 +317,12 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
                 bar.set_postfix(loss=f"{loss:.4f}")
             if main and (state.step % tc.snapshot_freq == 0 or state.step == tc.n_iters):
                 save(state, config, workdir)
+                saved_step = state.step
             if main and tc.sample_freq and (state.step % tc.sample_freq == 0 or state.step == tc.n_iters):
                 log_samples(writer, state, config, workdir, sde)
+            signum = distributed.max_over_ranks(stop.signum)
+            if signum:
+                raise _interrupted(state, config, workdir, signum, saved_step)
         distributed.barrier()
     except NonFiniteLossError as err:
         raise NonFiniteLossError(f"{err}; training stopped, {_last_checkpoint(workdir)}") from None
@@ -269,6 +340,13 @@ def train(config: ConfigDict, workdir: str) -> TrainState:
         if writer is not None:
             writer.close()
     return state
+
+
+def _interrupted(state: TrainState, config: ConfigDict, workdir: str, signum: int, saved_step: int) -> TrainingInterrupted:
+    """Checkpoint the current step (rank 0, unless it just was) once every process has stopped after it."""
+    path = distributed.from_main(lambda: save(state, config, workdir) if saved_step != state.step else latest_checkpoint(checkpoint_dir(workdir)))
+    name = signal.Signals(signum).name
+    return TrainingInterrupted(f"training stopped by {name} after step {state.step}, saved in {path}; rerun the command to resume", signum, distributed.is_main())
 
 
 def _last_checkpoint(workdir: str) -> str:

@@ -12,6 +12,7 @@ import os
 import socket
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -27,7 +28,7 @@ from sde_diffusion.app.plotting import image_grid_png, scatter_png
 from sde_diffusion.core import distributed
 from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.types import ScoreFn
-from sde_diffusion.training.checkpoints import latest_checkpoint, load_checkpoint
+from sde_diffusion.training.checkpoints import CheckpointWarning, load_latest, set_aside
 from sde_diffusion.training.ema import EMA
 
 #: Groups of the config a checkpoint must have been trained with to be loaded.
@@ -61,14 +62,21 @@ def check_compatible(config: ConfigDict, trained: ConfigDict, source: str) -> No
         raise ValueError(f"the config does not match the one {source} was trained with: " + "; ".join(diffs))
 
 
-def latest_state(workdir: str) -> tuple[Optional[str], Optional[dict]]:
-    """``(path, state)`` of the latest checkpoint of ``workdir`` (tensors on the CPU), or (None, None).
-    In a multi-process run rank 0 reads it and sends it to every process, so only the disk of rank 0,
-    which writes the checkpoints, needs to hold them."""
+def latest_state(workdir: str, set_aside_damaged: bool = False) -> tuple[Optional[str], Optional[dict]]:
+    """``(path, state)`` of the newest valid checkpoint of ``workdir`` (tensors on the CPU), or
+    (None, None) without checkpoints. A damaged newer checkpoint is skipped with a
+    ``CheckpointWarning`` naming it, and with ``set_aside_damaged`` (the run's writer) renamed to
+    ``<name>.corrupt`` so that it is kept, not overwritten; nothing is deleted. Raises
+    ``CorruptCheckpointError`` if every checkpoint is damaged. In a multi-process run rank 0 reads
+    and sends the state to every process, so only the disk of rank 0, which writes the checkpoints,
+    needs to hold them."""
 
     def read() -> tuple[Optional[str], Optional[dict]]:
-        path = latest_checkpoint(checkpoint_dir(workdir))
-        return path, None if path is None else load_checkpoint(path, map_location="cpu")
+        path, state, skipped = load_latest(checkpoint_dir(workdir), map_location="cpu")
+        for err in skipped:
+            kept = f"; renamed it {os.path.basename(set_aside(err.path))}" if set_aside_damaged else ""
+            warnings.warn(f"{err}{kept}; using {path} (step {state['step']}) instead", CheckpointWarning, stacklevel=2)
+        return path, state
 
     return distributed.from_main(read)
 

@@ -217,6 +217,17 @@ def mean(x: torch.Tensor) -> float:
     return float(total) / world_size()
 
 
+def max_over_ranks(value: int) -> int:
+    """The largest of every process's integer ``value`` (itself on a single process); one small
+    all-reduce, on the GPU under NCCL."""
+    if world_size() == 1:
+        return value
+    device = f"cuda:{torch.cuda.current_device()}" if dist.get_backend() == "nccl" else "cpu"
+    total = torch.tensor(value, dtype=torch.int64, device=device)
+    dist.all_reduce(total, op=dist.ReduceOp.MAX)
+    return int(total)
+
+
 def gather_outcomes(fn: Callable[[], T]) -> list[T]:
     """``fn()`` on every process, their results in rank order on every process. If it raises on some
     processes, every process raises the exception of the lowest such rank after this one collective,
