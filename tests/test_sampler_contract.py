@@ -205,6 +205,7 @@ def test_bad_options_name_the_option_and_what_is_allowed(name):
             run(name, {key: bad})
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("name", NAMES)
 def test_non_finite_and_misshaped_scores_are_errors(name):
     """A score that turns NaN after its first calls stops sampling with ``NonFiniteScoreError``
@@ -234,6 +235,7 @@ def test_callback_exception_propagates(name):
     assert info["steps"] == 1 or len(score.times) < full
 
 
+@pytest.mark.reliability
 def test_ode_encode_and_likelihood_name_a_non_finite_score():
     """The probability-flow ODE paths outside ``sample`` report a NaN score as such, not as a bad time
     or a bad x (the adaptive step size turns NaN first)."""
