@@ -396,8 +396,31 @@ class VESDE(LinearSDE):
         return {"sigma_min": self.sigma_min, "sigma_max": self.sigma_max, "N": self.N}
 
 
+class _AlphaBarVPSDE(LinearSDE):
+    """A VP SDE given by its ᾱ(t) = α(t)² and β(t) = -d log ᾱ/dt: σ(t) = √(1 - ᾱ(t)),
+    f(t) = -½β(t), g(t)² = β(t) (Song et al. 2021, eq. 11)."""
+
+    @abc.abstractmethod
+    def _log_abar(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    @abc.abstractmethod
+    def _beta(self, t: torch.Tensor) -> torch.Tensor: ...
+
+    def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
+        return 0.5 * self._log_abar(t)
+
+    def _sigma(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.sqrt(-torch.expm1(self._log_abar(t)))
+
+    def _f(self, t: torch.Tensor) -> torch.Tensor:
+        return -0.5 * self._beta(t)
+
+    def _g2(self, t: torch.Tensor) -> torch.Tensor:
+        return self._beta(t)
+
+
 @SDES.register("cosine_vp")
-class CosineVPSDE(LinearSDE):
+class CosineVPSDE(_AlphaBarVPSDE):
     """VP SDE with the cosine schedule of Nichol & Dhariwal (2021):
     ᾱ(t) = h(t)/h(0), h(t) = cos²(((t + s)/(1 + s)) π/2), s = 0.008, α = √ᾱ, σ² = 1 - ᾱ,
     β(t) = -d log ᾱ/dt = π/(1+s) tan(((t + s)/(1 + s)) π/2).
@@ -434,18 +457,6 @@ class CosineVPSDE(LinearSDE):
     def _beta(self, t: torch.Tensor) -> torch.Tensor:
         tc = torch.clamp(t, max=self._t_clip)
         return torch.clamp(2 * self._c * torch.tan(self._c * (tc + self.s)), max=self.beta_clip)
-
-    def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        return 0.5 * self._log_abar(t)
-
-    def _sigma(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(-torch.expm1(self._log_abar(t)))
-
-    def _f(self, t: torch.Tensor) -> torch.Tensor:
-        return -0.5 * self._beta(t)
-
-    def _g2(self, t: torch.Tensor) -> torch.Tensor:
-        return self._beta(t)
 
     def _t_of_lambda(self, lam: torch.Tensor) -> torch.Tensor:
         log_abar = -torch.nn.functional.softplus(-2.0 * lam)  # ᾱ = sigmoid(2λ)
@@ -486,7 +497,7 @@ def cosine_betas(beta_start: float, beta_end: float, N: int) -> torch.Tensor:
 
 
 @SDES.register("discrete_vp")
-class DiscreteVPSDE(LinearSDE):
+class DiscreteVPSDE(_AlphaBarVPSDE):
     """The VP SDE through a DDPM chain's own ᾱ table: exact at every trained timestep.
 
     A chain of N steps with ᾱ_k = Π_{j≤k} (1 - β_j), k = 0..N-1 (diffusers' 0-based timesteps; β_k from
@@ -550,18 +561,6 @@ class DiscreteVPSDE(LinearSDE):
         j, _ = self._segment(t)
         table = self.log_abar.to(device=t.device, dtype=t.dtype)
         return self.N * (table[j] - table[j + 1])
-
-    def _log_alpha(self, t: torch.Tensor) -> torch.Tensor:
-        return 0.5 * self._log_abar(t)
-
-    def _sigma(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.sqrt(-torch.expm1(self._log_abar(t)))
-
-    def _f(self, t: torch.Tensor) -> torch.Tensor:
-        return -0.5 * self._beta(t)
-
-    def _g2(self, t: torch.Tensor) -> torch.Tensor:
-        return self._beta(t)
 
     def _t_of_lambda(self, lam: torch.Tensor) -> torch.Tensor:
         # ᾱ = sigmoid(2λ); invert the piecewise-linear log ᾱ(t), extrapolating the end segments.
