@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from sde_diffusion.core.parameterization import data_from_score
 from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.types import ScoreFn
+from sde_diffusion.core.utils import finite_bounds
 
 #: The non-finite flags of the score calls are read back (one host sync) every this many steps,
 #: before every callback and at the end of a run.
@@ -39,16 +40,17 @@ class CountedScore:
 
 class GuardedScore(CountedScore):
     """A counted score that checks the output's shape on the first call (``ValueError``) and flags
-    non-finite outputs on the device, without a host sync: each call appends ``~isfinite(s).all()``;
-    ``check`` reads the flags back and raises ``NonFiniteScoreError`` naming the method, the step and
-    t of the first bad call. It also keeps the first call of the current step and the latest call,
-    the (x, t, s) from which the per-step callback's x̂_0 is computed."""
+    non-finite outputs on the device, without a host sync: each call keeps the output's
+    ``finite_bounds`` (its min and max); ``check`` reads them back and raises
+    ``NonFiniteScoreError`` naming the method, the step and t of the first bad call. It also keeps
+    the first call of the current step and the latest call, the (x, t, s) from which the per-step
+    callback's x̂_0 is computed."""
 
     def __init__(self, score_fn: ScoreFn, method: str) -> None:
         super().__init__(score_fn)
         self.method = method
         self.step = 0
-        self.flags: list[torch.Tensor] = []
+        self.bounds: list[torch.Tensor] = []
         self.calls: list[tuple[int, torch.Tensor]] = []
         self.first: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
         self.last: Optional[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = None
@@ -58,7 +60,7 @@ class GuardedScore(CountedScore):
         if self.nfe == 1 and (not isinstance(score, torch.Tensor) or score.shape != x.shape):
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
             raise ValueError(f"{self.method}: score_fn returned shape {got}, expected {tuple(x.shape)} (the shape of x)")
-        self.flags.append(torch.isfinite(score).all())
+        self.bounds += finite_bounds(score)
         self.calls.append((self.step, t))
         self.last = (x, t, score)
         if self.first is None:
@@ -70,15 +72,15 @@ class GuardedScore(CountedScore):
 
     def check(self) -> None:
         """Raise ``NonFiniteScoreError`` if a call since the last check returned NaN or infinity."""
-        if not self.flags:
+        if not self.bounds:
             return
-        finite = torch.stack(self.flags)
+        finite = torch.isfinite(torch.stack(self.bounds).view(-1, 2)).all(dim=1)
         if not bool(finite.all()):
             step, t = self.calls[int((~finite).nonzero()[0, 0])]
             lo, hi = float(t.min()), float(t.max())
             when = f"t = {lo:.6g}" if lo == hi else f"t in [{lo:.6g}, {hi:.6g}]"
             raise NonFiniteScoreError(f"{self.method}: score_fn returned a non-finite value (NaN or inf) at step {step}, {when}; sampling stopped")
-        self.flags, self.calls = [], []
+        self.bounds, self.calls = [], []
 
 
 @dataclass

@@ -34,7 +34,7 @@ from sde_diffusion.core.types import ScoreFn
 
 from .common import Run, noise_like
 from .grid import GridStepper, grid_nfe, grid_options, run_grid
-from .schedules import Node, data_prediction, nodes_at_lambda
+from .schedules import Node, data_prediction, nodes_at_lambda, noise_prediction
 from .spec import FIXED_GRID, POSITIVE_EPS, non_negative, register_method
 
 #: A step σ̃_s → σ̃_t with σ̃_t < STIFF_RATIO · σ̃_s is stiff: Heun's corrector would extrapolate past
@@ -47,19 +47,27 @@ def denoiser(score_fn: ScoreFn, x_tilde: torch.Tensor, node: Node) -> torch.Tens
     return data_prediction(score_fn, node.alpha * x_tilde, node)
 
 
+def derivative(score_fn: ScoreFn, x_tilde: torch.Tensor, node: Node) -> torch.Tensor:
+    """dx̃/dσ̃ = (x̃ - D(x̃; σ̃))/σ̃ = -σ s(α x̃, t) = ε̂(α x̃, t): with Tweedie's D = x̃ + (σ²/α) s and
+    σ̃ = σ/α, the PF-ODE's derivative is the noise prediction at x = α x̃."""
+    return noise_prediction(score_fn, node.alpha * x_tilde, node)
+
+
 def heun_step(score_fn: ScoreFn, x_tilde: torch.Tensor, s: Node, t: Node, correct: bool = True) -> torch.Tensor:
     """One Heun step σ̃_s → σ̃_t (Karras et al. 2022, Alg. 1, lines 4-8), or Euler without ``correct``:
 
         d = (x̃ - D(x̃; σ̃_s))/σ̃_s,  x' = x̃ + (σ̃_t - σ̃_s) d,  d' = (x' - D(x'; σ̃_t))/σ̃_t,
-        x̃_t = x̃ + (σ̃_t - σ̃_s)(d + d')/2.
+        x̃_t = x̃ + (σ̃_t - σ̃_s)(d + d')/2,
+
+    with d and d' computed as ``derivative``.
     """
     dt = t.sigma_tilde - s.sigma_tilde
-    d = (x_tilde - denoiser(score_fn, x_tilde, s)) / s.sigma_tilde
+    d = derivative(score_fn, x_tilde, s)
     x_euler = x_tilde + dt * d
     if not correct:
         return x_euler
-    d_prime = (x_euler - denoiser(score_fn, x_euler, t)) / t.sigma_tilde
-    return x_tilde + dt * (d + d_prime) / 2
+    d_prime = derivative(score_fn, x_euler, t)
+    return x_tilde + (dt / 2) * (d + d_prime)
 
 
 def midpoint_step(score_fn: ScoreFn, x_tilde: torch.Tensor, s: Node, m: Node, t: Node) -> torch.Tensor:

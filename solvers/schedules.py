@@ -70,8 +70,9 @@ class Node:
 def nodes(sde: LinearSDE, times: torch.Tensor) -> list[Node]:
     """The nodes at ``times`` (a 1-D tensor, computed in float64)."""
     t = times.to(torch.float64)
-    alpha, sigma, lam = sde.alpha(t), sde.sigma(t), sde.lambda_(t)
-    return [Node(*v) for v in zip(t.tolist(), alpha.tolist(), sigma.tolist(), lam.tolist())]
+    log_alpha, sigma = sde.log_alpha(t), sde.sigma(t)
+    columns = torch.stack([t, log_alpha.exp(), sigma, log_alpha - sigma.log()])  # λ = log α - log σ, as sde.lambda_
+    return [Node(*v) for v in columns.T.tolist()]
 
 
 def nodes_at_lambda(sde: LinearSDE, lams: list[float] | torch.Tensor) -> list[Node]:

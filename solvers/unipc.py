@@ -48,69 +48,83 @@ PREDICTIONS = {
 }
 
 
+def solve_vandermonde(rs: list[float], rhs: list[float]) -> list[float]:
+    """a with Σ_k a_k r_k^i = rhs_i for i = 0..K-1 (distinct r_k), by the Björck–Pereyra algorithm
+    (Björck & Pereyra 1970; Golub & Van Loan, "Matrix Computations", Alg. 4.6.2), in float64."""
+    a, n = list(rhs), len(rs) - 1
+    for k in range(n):
+        for i in range(n, k, -1):
+            a[i] -= rs[k] * a[i - 1]
+    for k in range(n - 1, -1, -1):
+        for i in range(k + 1, n + 1):
+            a[i] /= rs[i] - rs[i - k - 1]
+        for i in range(k, n):
+            a[i] -= a[i + 1]
+    return a
+
+
 def unipc_coefficients(rs: list[float], z: float, b_z: float) -> list[float]:
     """a with Σ_k a_k r_k^{i-1} = i! z φ_{i+1}(z)/B(z) for i = 1..K (a = [1/2] when K = 1)."""
     if len(rs) == 1:
         return [0.5]
-    lhs = torch.tensor([[r**i for r in rs] for i in range(len(rs))], dtype=torch.float64)
-    rhs = torch.tensor([math.factorial(i) * z * phi(i + 1, z) / b_z for i in range(1, len(rs) + 1)], dtype=torch.float64)
-    return torch.linalg.solve(lhs, rhs).tolist()
+    return solve_vandermonde(rs, [math.factorial(i) * z * phi(i + 1, z) / b_z for i in range(1, len(rs) + 1)])
 
 
-def unipc_update(
-    x: torch.Tensor,
-    s: Node,
-    t: Node,
-    m_s: torch.Tensor,
-    others: list[tuple[Node, torch.Tensor]],
-    prediction: Prediction,
-    variant: str,
-) -> torch.Tensor:
-    """One UniP step (``others`` at earlier nodes) or UniC step (``others`` including node t)."""
+def unipc_weights(s: Node, t: Node, others: list[Node], prediction: Prediction, variant: str) -> tuple[float, list[float]]:
+    """The step s → t of the module's equation over m_s and the outputs at ``others``, written as
+    x_t = w_x x_s + w_s m_s + Σ_k w_k m_k: w_x = γ_t/γ_s, w_k = -c_t B(z) a_k/r_k and
+    w_s = -c_t (e^z - 1) - Σ_k w_k; returns w_x and [w_s, w_1, ..., w_K]."""
     h = t.lam - s.lam
     z = prediction.sign * h
-    x_t = (prediction.gamma(t) / prediction.gamma(s)) * x - prediction.c(t) * math.expm1(z) * m_s
+    w_x, w_s = prediction.gamma(t) / prediction.gamma(s), -prediction.c(t) * math.expm1(z)
     if not others:
-        return x_t
+        return w_x, [w_s]
     b_z = VARIANTS[variant](z)
-    rs = [(node.lam - s.lam) / h for node, _ in others]
-    for a, r, (_, m) in zip(unipc_coefficients(rs, z, b_z), rs, others):
-        x_t = x_t - prediction.c(t) * b_z * a * (m - m_s) / r
-    return x_t
+    rs = [(node.lam - s.lam) / h for node in others]
+    w = [-prediction.c(t) * b_z * a / r for a, r in zip(unipc_coefficients(rs, z, b_z), rs)]
+    return w_x, [w_s - sum(w)] + w
 
 
-def corrector_update(
-    x_start: torch.Tensor,
-    t: Node,
-    m_t: torch.Tensor,
-    history: list[tuple[Node, torch.Tensor]],
-    prediction: Prediction,
-    variant: str,
-) -> torch.Tensor:
-    """UniC: redo the step history[0] → t from its start x_start with the new output m_t at t."""
-    s, m_s = history[0]
-    return unipc_update(x_start, s, t, m_s, [(t, m_t)] + history[1:], prediction, variant)
+def combine(x: torch.Tensor, w_x: float, weights: dict[int, float], outputs: dict[int, torch.Tensor]) -> torch.Tensor:
+    """w_x x + Σ_j weights_j outputs_j."""
+    out = w_x * x
+    for j, w in weights.items():
+        out.add_(outputs[j], alpha=w)
+    return out
 
 
 class UniPC(GridStepper):
-    """UniP-p then UniC-p: the corrected x starts the next step, the evaluation at the predicted x
-    enters the history (newest first)."""
+    """UniP-p then UniC-p, as one linear combination per step.
+
+    At node i the new output m_i corrects the step i-1 → i that predicted x_i: UniC and UniP over
+    the same step share the term (γ_t/γ_s) x_s, so the corrected state is x_i^c = x_i + Σ_j (c_j -
+    p_j) m_j (c: UniC's weights, p: UniP's). The next prediction x_{i+1} = w_x x_i^c + Σ_j w_j m_j is
+    then linear in x_i and the outputs, and is computed as such; x_i^c itself is never needed."""
 
     def __init__(self, run: Run, grid: list[Node], order: int, prediction: str, variant: str, corrector: bool,
                  lower_order_final: bool) -> None:
         super().__init__(run, grid)
         self.order, self.kind, self.variant, self.corrector = order, PREDICTIONS[prediction], variant, corrector
         self.orders = step_orders(len(grid) - 1, order, lower_order_final)
-        self.history: list[tuple[Node, torch.Tensor]] = []
-        self.x_start: torch.Tensor  # the state the corrector re-solves the last step from
+        self.outputs: dict[int, torch.Tensor] = {}  # node index -> output, the last order + 1
+        self.predicted: dict[int, float] = {}  # UniP's weights of the step that gave the current x
+
+    def weights(self, s: int, t: int, others: list[int]) -> tuple[float, dict[int, float]]:
+        """``unipc_weights`` of the step from node s to node t, by node index."""
+        w_x, w = unipc_weights(self.grid[s], self.grid[t], [self.grid[j] for j in others], self.kind, self.variant)
+        return w_x, dict(zip([s] + others, w))
 
     def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        m = self.kind.model(self.score, x, self.grid[i])
-        if self.corrector and self.history:
-            x = corrector_update(self.x_start, self.grid[i], m, self.history[: self.orders[i - 1]], self.kind, self.variant)
-        self.history = ([(self.grid[i], m)] + self.history)[: self.order]
-        self.x_start = x
-        return unipc_update(x, self.grid[i], self.grid[i + 1], m, self.history[1 : self.orders[i]], self.kind, self.variant)
+        self.outputs[i] = self.kind.model(self.score, x, self.grid[i])
+        self.outputs.pop(i - self.order - 1, None)
+        w_x, predict = self.weights(i, i + 1, list(range(i - 1, i - self.orders[i], -1)))
+        weights = dict(predict)
+        if self.corrector and i > 0:
+            _, correct = self.weights(i - 1, i, [i] + list(range(i - 2, i - 1 - self.orders[i - 1], -1)))
+            for j, c in correct.items():
+                weights[j] = weights.get(j, 0.0) + w_x * (c - self.predicted.get(j, 0.0))
+        self.predicted = predict
+        return combine(x, w_x, weights, self.outputs)
 
 
 @register_method(

@@ -40,7 +40,10 @@ class Parameterization:
 PARAMETERIZATIONS: Registry[Parameterization] = Registry("parameterization")
 
 
-def _b(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _b(v: torch.Tensor | float, x: torch.Tensor) -> torch.Tensor | float:
+    """``v`` broadcastable against x: a Python number as it is, a tensor as (B, 1, ..., 1) in x's dtype."""
+    if isinstance(v, (int, float)):
+        return v
     return append_dims(torch.as_tensor(v, dtype=x.dtype, device=x.device), x.ndim)
 
 
@@ -61,6 +64,8 @@ def score_from_data(x0: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigm
 
 def data_from_score(score: torch.Tensor, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Tweedie's formula x̂_0 = E[x_0 | x_t] = (x + σ² · score) / α."""
+    if isinstance(alpha, float) and isinstance(sigma, float):  # one node's numbers: a fused multiply-add
+        return torch.add(x, score, alpha=sigma**2).div_(alpha)
     return (x + _b(sigma, x) ** 2 * score) / _b(alpha, x)
 
 

@@ -52,9 +52,19 @@ def check_time(t: torch.Tensor, T: float, name: str = "t") -> None:
         raise ValueError(f"{name} must lie in [0, {T}], got {bad}")
 
 
+def finite_bounds(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two 0-d tensors, both finite exactly when every value of x is, computed without a host sync:
+    x's (min, max) for a non-empty floating x (NaN propagates into both, ±inf into one; a single
+    reduction, where ``isfinite(x).all()`` makes a temporary), else 0 or NaN from ``isfinite``."""
+    if x.is_floating_point() and x.numel():
+        return torch.aminmax(x)
+    flag = torch.where(torch.isfinite(x).all(), 0.0, math.nan)
+    return flag, flag
+
+
 def check_finite(x: torch.Tensor, name: str) -> None:
     """Raise ``ValueError`` if ``x`` holds NaN or infinity."""
-    if not bool(torch.isfinite(x).all()):
+    if not bool(torch.isfinite(torch.stack(finite_bounds(x))).all()):
         n_bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"{name} contains {n_bad} non-finite values (NaN or inf)")
 
