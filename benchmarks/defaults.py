@@ -33,6 +33,7 @@ from typing import Optional
 import torch
 
 import solvers
+from benchmarks.common import log, table
 from benchmarks.peers import GRIDS, PEERS, levels_for_nfe, run_peer
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import get_sde
@@ -58,13 +59,6 @@ NFE_GRID = (5, 8, 10, 15, 20, 50)
 #: The defaults' target: median error and mode-switch fraction at most this times the best peer's.
 RATIO_TARGET = 0.7
 SIGMA_MAX, SIGMA_MIN = 80.0, 0.002
-
-
-def table(header: Sequence[str], rows: list[Sequence[object]]) -> list[str]:
-    def fmt(v: object) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
 
 
 def score(bench: Benchmark, x: torch.Tensor) -> tuple[float, float]:
@@ -185,10 +179,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "defaults"))
     p.add_argument("--quick", action="store_true", help="smoke run: 300 latents, 5 and 10 NFE, looser reference")
     return p.parse_args(argv)
-
-
-def log(row: Sequence[object]) -> None:
-    print("  ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row), flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:

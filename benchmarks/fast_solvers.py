@@ -35,6 +35,7 @@ from typing import Optional
 import torch
 
 import solvers
+from benchmarks.common import log, table
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import ring
@@ -84,13 +85,6 @@ SECTIONS: Registry[Callable[[argparse.Namespace], list[str]]] = Registry("benchm
 
 def issue_problem(n: int, seed: int = 0, denoise: bool = True):
     return mixture_problem(ring(), get_sde("vp"), sigma_start=80.0, sigma_end=0.002, n=n, seed=seed, denoise=denoise, name="ring_vp_80_0.002")
-
-
-def table(header: Sequence[str], rows: list[Sequence[object]]) -> list[str]:
-    def fmt(v: object) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
 
 
 def at_nfe(bench: Benchmark, spec: str, nfe: int, deterministic: bool) -> Optional[Row]:
@@ -224,10 +218,6 @@ def warn(problem) -> None:
     message = noise_level_warning(problem)
     if message is not None:
         warnings.warn(message, UserWarning, stacklevel=2)
-
-
-def log(row: Sequence[object]) -> None:
-    print("  ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row), flush=True)
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

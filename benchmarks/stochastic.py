@@ -26,6 +26,7 @@ from typing import Any, Optional
 import torch
 
 import solvers
+from benchmarks.common import log, table
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import anisotropic, multiscale
@@ -47,13 +48,6 @@ SAMPLERS: dict[str, tuple[str, dict[str, Any], str]] = {
     "Gotta-Go-Fast": ("gotta_go_fast", {}, "eps_rel"),
 }
 TOLERANCE_LADDER = (0.5, 0.3, 0.2, 0.1, 0.05, 0.03, 0.02, 0.01, 0.005)
-
-
-def table(header: Sequence[str], rows: list[Sequence[object]]) -> list[str]:
-    def fmt(v: object) -> str:
-        return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(fmt(v) for v in r) + " |" for r in rows]
 
 
 def evaluate(target, sde, method: str, options: dict[str, Any], n: int, seeds: int) -> tuple[int, float, float]:
@@ -102,10 +96,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "stochastic"))
     p.add_argument("--quick", action="store_true", help="smoke run: 500 samples, 1 seed, 3 replicates, NFE ≤ 40")
     return p.parse_args(argv)
-
-
-def log(row: Sequence[object]) -> None:
-    print("  ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row), flush=True)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> str:
