@@ -8,7 +8,8 @@ sides start from the same latents on the same Karras grid (``get_sigmas_karras``
 the σ grid; progress bars are off on both sides. NFE is counted on both sides (``solvers.sample``'s
 count; a counter around the peer's model). Time per NFE = the median over ``--repeats`` timed runs of
 one call's wall time (``time.perf_counter``, after ``--warmup`` untimed runs, ours and the peer's runs
-interleaved) divided by its NFE; the ratio of the median thread CPU times (``time.thread_time``) is
+interleaved) divided by its NFE (``--no-memo``: UniPC's memoised step coefficients are cleared
+before each of our runs, as on a first call with a grid); the ratio of the median thread CPU times (``time.thread_time``) is
 given as well, as it is less disturbed by other processes on a shared machine. Both sides return ≈ the latent (the PF-ODE of this problem is
 dx/dt = 0); the report gives the largest deviation as a check that the two compute the same thing.
 
@@ -34,6 +35,7 @@ import solvers
 from benchmarks.common import log, table, write_report
 from benchmarks.peers import load_sampling
 from sde_diffusion.core.sde_lib import get_sde
+from solvers.unipc import unipc_coefficients
 
 #: (our method, k-diffusion sampler) pairs compared.
 PAIRS = (("unipc", "sample_dpmpp_2m"), ("heun", "sample_heun"))
@@ -68,7 +70,7 @@ def timed(fn: Callable[[], object]) -> tuple[float, float]:
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
-def compare(method: str, peer: str, batch: int, levels: int, warmup: int, repeats: int) -> tuple:
+def compare(method: str, peer: str, batch: int, levels: int, warmup: int, repeats: int, memo: bool = True) -> tuple:
     """One row: NFE, µs/NFE (wall, median), the ratio by wall and by CPU time, and the deviation
     from the latent, of ours and of the peer."""
     kd = load_sampling()
@@ -81,6 +83,8 @@ def compare(method: str, peer: str, batch: int, levels: int, warmup: int, repeat
     sampler = getattr(kd, peer)
 
     def ours() -> tuple[torch.Tensor, int]:
+        if not memo:
+            unipc_coefficients.cache_clear()
         return solvers.sample(sde, score, z.shape, method, schedule=times, x_T=z)
 
     def theirs() -> torch.Tensor:
@@ -117,10 +121,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--batches", nargs="+", type=int, default=[1000, 10000])
     p.add_argument("--levels", type=int, default=21, help="Karras grid levels (before the appended 0)")
-    p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--repeats", type=int, default=31, help="timed runs per side (the median is reported)")
+    p.add_argument("--warmup", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=101, help="timed runs per side (the median is reported)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--out", default=os.path.join("benchmarks", "results", "overhead"))
+    p.add_argument("--no-memo", action="store_true", help="clear UniPC's memoised coefficients before each of our runs")
     p.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 repeats")
     return p.parse_args(argv)
 
@@ -136,7 +141,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     for batch in args.batches:
         models.append((f"{batch}×2", *model_cost(batch)))
         for method, peer in PAIRS:
-            rows.append(compare(method, peer, batch, args.levels, args.warmup, args.repeats))
+            rows.append(compare(method, peer, batch, args.levels, args.warmup, args.repeats, memo=not args.no_memo))
             log(rows[-1])
     met = sum(r[8] == "yes" for r in rows)
     header = ["method", "peer", "batch", "ours NFE", "peer NFE", "ours µs/NFE", "peer µs/NFE", "ratio", "meets (≤ 1)", "CPU-time ratio",
@@ -145,7 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         "# Per-NFE overhead against k-diffusion",
         "",
         f"Trivial model (N(0, I) data, VP SDE); Karras grid of {args.levels} levels, σ/α {SIGMA_MAX:g} → {SIGMA_MIN:g} → 0; "
-        f"median of {args.repeats} timed runs after {args.warmup} warm-ups; {torch.get_num_threads()} torch threads.",
+        f"median of {args.repeats} timed runs after {args.warmup} warm-ups; {torch.get_num_threads()} torch threads"
+        f"{'; UniPC coefficients recomputed on every run (--no-memo)' if args.no_memo else ''}.",
         "",
         *table(header, rows),
         "",

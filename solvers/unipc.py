@@ -13,6 +13,7 @@ next step needs anyway, so it raises the order by one at no extra cost.
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -63,11 +64,26 @@ def solve_vandermonde(rs: list[float], rhs: list[float]) -> list[float]:
     return a
 
 
-def unipc_coefficients(rs: list[float], z: float, b_z: float) -> list[float]:
-    """a with Σ_k a_k r_k^{i-1} = i! z φ_{i+1}(z)/B(z) for i = 1..K (a = [1/2] when K = 1)."""
+@functools.lru_cache(maxsize=4096)
+def unipc_coefficients(rs: tuple[float, ...], z: float, b_z: float) -> tuple[float, ...]:
+    """a with Σ_k a_k r_k^{i-1} = i! z φ_{i+1}(z)/B(z) for i = 1..K (a = [1/2] when K = 1).
+
+    Memoised: they depend on the grid alone, so repeated runs on one grid solve each system once."""
     if len(rs) == 1:
-        return [0.5]
-    return solve_vandermonde(rs, [math.factorial(i) * z * phi(i + 1, z) / b_z for i in range(1, len(rs) + 1)])
+        return (0.5,)
+    return tuple(solve_vandermonde(list(rs), [z * g / b_z for g in factorial_phis(len(rs), z)]))
+
+
+def factorial_phis(k: int, z: float) -> list[float]:
+    """g_i = i! φ_{i+1}(z) for i = 1..k, by g_i = (i g_{i-1} - 1)/z from g_0 = φ_1(z) = (e^z - 1)/z
+    (``phi``'s series for |z| < 0.05, where the recursion would cancel)."""
+    if abs(z) < 0.05:
+        return [math.factorial(i) * phi(i + 1, z) for i in range(1, k + 1)]
+    g, out = math.expm1(z) / z, []
+    for i in range(1, k + 1):
+        g = (i * g - 1.0) / z
+        out.append(g)
+    return out
 
 
 def unipc_weights(s: Node, t: Node, others: list[Node], prediction: Prediction, variant: str) -> tuple[float, list[float]]:
@@ -80,7 +96,7 @@ def unipc_weights(s: Node, t: Node, others: list[Node], prediction: Prediction, 
     if not others:
         return w_x, [w_s]
     b_z = VARIANTS[variant](z)
-    rs = [(node.lam - s.lam) / h for node in others]
+    rs = tuple((node.lam - s.lam) / h for node in others)
     w = [-prediction.c(t) * b_z * a / r for a, r in zip(unipc_coefficients(rs, z, b_z), rs)]
     return w_x, [w_s - sum(w)] + w
 

@@ -14,7 +14,7 @@ from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import ring
 from sde_diffusion.core.utils import finite_bounds
 from solvers.dpm_solver import step_orders
-from solvers.schedules import data_prediction, noise_prediction, nodes, time_steps
+from solvers.schedules import data_prediction, nodes, noise_prediction, time_steps
 from solvers.unipc import PREDICTIONS, solve_vandermonde, unipc_weights
 
 
