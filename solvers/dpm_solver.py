@@ -23,7 +23,7 @@ from sde_diffusion.core.types import ScoreFn
 from .common import Run, noise_like
 from .grid import GridStepper, grid_nfe, grid_options, run_grid
 from .schedules import Node, data_prediction, nodes_at_lambda, noise_prediction
-from .spec import FIXED_GRID, POSITIVE_EPS, choice, flag, register_method
+from .spec import FIXED_GRID, POSITIVE_EPS, Option, choice, flag, number, register_method
 
 
 def phi(k: int, z: float) -> float:
@@ -210,30 +210,31 @@ def multistep_update(x: torch.Tensor, s: Node, t: Node, terms: list[torch.Tensor
     return x_t
 
 
-#: The longest step (in λ) on which a multistep method uses its earlier outputs: σ̃ shrinks by at most
-#: a factor e. The model's output changes on a λ-scale of about 1 where the modes separate, so a
-#: polynomial through earlier outputs extrapolated further predicts it worse than the newest output.
-LONGEST_HIGHER_ORDER_STEP = 1.0
+def multistep_order_options() -> dict[str, Option]:
+    """The order options of every multistep method: ``lower_order_final`` and ``first_order_above``,
+    the longest step (in λ) that uses earlier outputs; the default 1 lets σ̃ shrink by at most a factor
+    e. The model's output changes on a λ-scale of about 1 where the modes separate, so a polynomial
+    through earlier outputs extrapolated further predicts it worse than the newest output alone
+    (``inf``: every step at the nominal order)."""
+    return {"lower_order_final": flag(True), "first_order_above": number(1.0, 0.0, math.inf, low_open=True)}
 
 
-def step_orders(grid: list[Node], order: int, lower_order_final: bool) -> list[int]:
-    """Per-step order of a multistep method on ``grid``: warm-up 1, 2, ... and, with
-    ``lower_order_final``, orders ≤ steps - i on the last steps (Lu et al. 2022b, §5; k-diffusion #43)
-    and order 1 on steps longer than ``LONGEST_HIGHER_ORDER_STEP`` in λ, where few-step grids would
-    otherwise do worse than DDIM."""
+def step_orders(grid: list[Node], order: int, lower_order_final: bool, first_order_above: float) -> list[int]:
+    """Per-step order of a multistep method on ``grid``: warm-up 1, 2, ..., order 1 on steps longer
+    than ``first_order_above`` in λ (where few-step grids would otherwise do worse than DDIM) and,
+    with ``lower_order_final``, orders ≤ steps - i on the last steps (Lu et al. 2022b, §5; k-diffusion #43)."""
     steps = len(grid) - 1
-    if not lower_order_final:
-        return [min(order, i + 1) for i in range(steps)]
-    return [1 if grid[i + 1].lam - grid[i].lam > LONGEST_HIGHER_ORDER_STEP else min(order, i + 1, steps - i) for i in range(steps)]
+    orders = [1 if grid[i + 1].lam - grid[i].lam > first_order_above else min(order, i + 1) for i in range(steps)]
+    return [min(k, steps - i) for i, k in enumerate(orders)] if lower_order_final else orders
 
 
 class Multistep(GridStepper):
     """A multistep method on the last ``order`` data predictions x̂_0 (one new evaluation per step),
     at the orders of ``step_orders``."""
 
-    def __init__(self, run: Run, grid: list[Node], order: int, lower_order_final: bool) -> None:
+    def __init__(self, run: Run, grid: list[Node], order: int, lower_order_final: bool, first_order_above: float) -> None:
         super().__init__(run, grid)
-        self.order, self.orders = order, step_orders(grid, order, lower_order_final)
+        self.order, self.orders = order, step_orders(grid, order, lower_order_final, first_order_above)
         self.history: list[tuple[Node, torch.Tensor]] = []
 
     def terms(self, i: int, x: torch.Tensor) -> list[torch.Tensor]:
@@ -250,19 +251,20 @@ class DPMSolverPP(Multistep):
 @register_method(
     "dpm_solver_pp",
     FIXED_GRID,
-    options={"order": choice(3, (1, 2, 3)), "lower_order_final": flag(True), **grid_options("logsnr")},
+    options={"order": choice(3, (1, 2, 3)), **multistep_order_options(), **grid_options("logsnr")},
     default_steps=20,
     deterministic=lambda options: True,
     nfe=grid_nfe(1),
     requires=(POSITIVE_EPS,),
 )
-def dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, **grid: Any) -> torch.Tensor:
+def dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, first_order_above: float,
+                  **grid: Any) -> torch.Tensor:
     """Multistep DPM-Solver++(2M) / (3M) on the PF-ODE with data prediction (Lu et al. 2022b, Alg. 2).
 
     Each step reuses the last ``order`` data predictions x̂_0 = (x + σ² s)/α (one new evaluation per
     step). NFE = steps (+1 with ``denoise``, the final x̂_0 at eps).
     """
-    return run_grid(DPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, **grid)
+    return run_grid(DPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, first_order_above=first_order_above, **grid)
 
 
 # --- SDE-DPM-Solver++(2M), data prediction (Lu et al. 2022b, App. B) --------------------------------
@@ -292,12 +294,13 @@ class SDEDPMSolverPP(Multistep):
 @register_method(
     "sde_dpm_solver_pp",
     FIXED_GRID,
-    options={"order": choice(2, (1, 2)), "lower_order_final": flag(True), **grid_options("quadratic")},
+    options={"order": choice(2, (1, 2)), **multistep_order_options(), **grid_options("quadratic")},
     default_steps=20,
     nfe=grid_nfe(1),
     requires=(POSITIVE_EPS,),
 )
-def sde_dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, **grid: Any) -> torch.Tensor:
+def sde_dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, first_order_above: float,
+                      **grid: Any) -> torch.Tensor:
     """SDE-DPM-Solver++(1) / (2M): a discretisation of the reverse SDE (not an ancestral sampler)
     with data prediction (Lu et al. 2022b, App. B; diffusers' ``sde-dpmsolver++``).
 
@@ -305,4 +308,5 @@ def sde_dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_fina
     default grid is time-quadratic, which kept the ring's samples on its modes at 10 NFE on every
     SDE where the logSNR and Karras grids did not (README, "Fast solvers").
     """
-    return run_grid(SDEDPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, **grid)
+    return run_grid(SDEDPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, first_order_above=first_order_above,
+                    **grid)

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .common import Run
-from .dpm_solver import PREDICTIONS, Prediction, phi, step_orders
+from .dpm_solver import PREDICTIONS, Prediction, multistep_order_options, phi, step_orders
 from .grid import GridStepper, grid_nfe, grid_options, run_grid
 from .schedules import Node
 from .spec import FIXED_GRID, POSITIVE_EPS, choice, flag, register_method
@@ -77,10 +77,10 @@ class UniPC(GridStepper):
     enters the history (newest first)."""
 
     def __init__(self, run: Run, grid: list[Node], order: int, prediction: str, variant: str, corrector: bool,
-                 lower_order_final: bool) -> None:
+                 lower_order_final: bool, first_order_above: float) -> None:
         super().__init__(run, grid)
         self.order, self.kind, self.variant, self.corrector = order, PREDICTIONS[prediction], variant, corrector
-        self.orders = step_orders(grid, order, lower_order_final)
+        self.orders = step_orders(grid, order, lower_order_final, first_order_above)
         self.history: list[tuple[Node, torch.Tensor]] = []
         self.x_start: torch.Tensor  # the state the corrector re-solves the last step from
 
@@ -101,7 +101,7 @@ class UniPC(GridStepper):
         "prediction": choice("data", tuple(sorted(PREDICTIONS))),
         "variant": choice("bh2", tuple(sorted(VARIANTS))),
         "corrector": flag(True),
-        "lower_order_final": flag(True),
+        **multistep_order_options(),
         **grid_options("quadratic"),
     },
     default_steps=20,
@@ -110,7 +110,7 @@ class UniPC(GridStepper):
     requires=(POSITIVE_EPS,),
 )
 def unipc(run: Run, x: torch.Tensor, *, order: int, prediction: str, variant: str, corrector: bool,
-          lower_order_final: bool, **grid: Any) -> torch.Tensor:
+          lower_order_final: bool, first_order_above: float, **grid: Any) -> torch.Tensor:
     """UniPC-p multistep sampler of the PF-ODE (Zhao et al. 2023, §3): UniP-p, then UniC-p with
     the new evaluation (order p + 1); the corrected x starts the next step, the evaluation at the
     predicted x enters the history. NFE = steps (+1 with ``denoise``); the last step has no corrector.
@@ -120,5 +120,5 @@ def unipc(run: Run, x: torch.Tensor, *, order: int, prediction: str, variant: st
     (Zhao et al.'s default for pixel models) breaks down at ≤ 8 NFE on the toolkit's targets.
     """
     options = {"order": order, "prediction": prediction, "variant": variant, "corrector": corrector,
-               "lower_order_final": lower_order_final}
+               "lower_order_final": lower_order_final, "first_order_above": first_order_above}
     return run_grid(UniPC, run, x, **options, **grid)

@@ -35,17 +35,19 @@ def order_problem():
     return problem, x_T, reference_solution(problem, x_T)[0]
 
 
+#: Multistep methods at their nominal order on every step (no lower-order last or long steps).
+NOMINAL = {"lower_order_final": False, "first_order_above": math.inf}
 ORDERS = [
     ("dpm_solver", {"order": 1}, 1),
     ("dpm_solver", {"order": 2, "lower_order_final": False}, 2),
     ("dpm_solver", {"order": 3, "lower_order_final": False}, 3),
-    ("dpm_solver_pp", {"order": 2, "lower_order_final": False}, 2),
-    ("dpm_solver_pp", {"order": 3, "lower_order_final": False}, 3),
+    ("dpm_solver_pp", {"order": 2, **NOMINAL}, 2),
+    ("dpm_solver_pp", {"order": 3, **NOMINAL}, 3),
     ("heun", {}, 2),
-    ("unipc", {"order": 1, "lower_order_final": False}, 2),
-    ("unipc", {"order": 2, "lower_order_final": False}, 3),
-    ("unipc", {"order": 2, "lower_order_final": False, "prediction": "data"}, 3),
-    ("unipc", {"order": 2, "lower_order_final": False, "corrector": False}, 2),
+    ("unipc", {"order": 1, **NOMINAL}, 2),
+    ("unipc", {"order": 2, **NOMINAL}, 3),
+    ("unipc", {"order": 2, **NOMINAL, "prediction": "data"}, 3),
+    ("unipc", {"order": 2, **NOMINAL, "corrector": False}, 2),
 ]
 
 
