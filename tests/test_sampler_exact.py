@@ -195,9 +195,10 @@ def test_ode_from_t_start():
 
 @pytest.mark.parametrize("variable", ["log_sigma", "t"])
 def test_adaptive_ode_evaluates_inside_the_interval_and_ends_on_eps(variable):
-    """The adaptive solver's steps stop exactly at eps (torchdiffeq's ``step_t``): no score call lies
-    outside [eps, t_start] (a step past eps would be evaluated at clamped times and interpolated back),
-    and the last call is at eps (dopri5's last stage). Encoding likewise stays in [eps, T]."""
+    """dopri5's steps stop exactly at eps (torchdiffeq's ``step_t``): every score call lies in
+    [eps, t_start], and the only calls at eps (to rounding) are the final step's last two stages
+    (c = 1, the 7th the first-same-as-last). A step past eps would have several stages clamped to eps,
+    to be interpolated back. Encoding likewise ends on T."""
     sde, mix = get_sde("vp"), ring()
     calls: list[torch.Tensor] = []
 
@@ -205,16 +206,19 @@ def test_adaptive_ode_evaluates_inside_the_interval_and_ends_on_eps(variable):
         calls.append(t)
         return mix.score(x, t, sde)
 
+    def at(t_end: float) -> list[int]:
+        return [i for i, t in enumerate(calls) if float((t - t_end).abs().max()) <= 1e-9 * t_end]
+
     x_T = _marginal_latents(sde, mix, 0.7, 64, seed=7)
     solvers.sample(sde, score, x_T.shape, "ode", x_T=x_T, t_start=0.7, eps=1e-3, rtol=1e-4, atol=1e-4, variable=variable)
     t = torch.stack(calls)
     assert float(t.min()) >= 1e-3 * (1 - 1e-9) and float(t.max()) <= 0.7 * (1 + 1e-9)
-    torch.testing.assert_close(calls[-1], torch.full_like(calls[-1], 1e-3), rtol=1e-9, atol=0.0)
+    assert at(1e-3) == [len(calls) - 2, len(calls) - 1]
     calls.clear()
     solvers.encode(sde, score, mix.sample(64, torch.Generator().manual_seed(8), dtype=F64), eps=1e-3, rtol=1e-4, atol=1e-4, variable=variable)
     t = torch.stack(calls)
     assert float(t.min()) >= 1e-3 * (1 - 1e-9) and float(t.max()) <= sde.T
-    torch.testing.assert_close(calls[-1], torch.full_like(calls[-1], sde.T), rtol=1e-9, atol=0.0)
+    assert at(sde.T) == [len(calls) - 2, len(calls) - 1]
 
 
 def test_vp_and_subvp_ode_are_one_ode():
