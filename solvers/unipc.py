@@ -14,38 +14,18 @@ next step needs anyway, so it raises the order by one at no extra cost.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sde_diffusion.core.types import ScoreFn
-
 from .common import Run
-from .dpm_solver import phi, step_orders
+from .dpm_solver import PREDICTIONS, Prediction, phi, step_orders
 from .grid import GridStepper, grid_nfe, grid_options, run_grid
-from .schedules import Node, data_prediction, noise_prediction
+from .schedules import Node
 from .spec import FIXED_GRID, POSITIVE_EPS, choice, flag, register_method
 
 #: B(z) of each UniPC variant.
 VARIANTS = {"bh1": lambda z: z, "bh2": math.expm1}
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A model output with the pieces of its exponential integrator: z = sign · h, γ, c."""
-
-    model: Callable[[ScoreFn, torch.Tensor, Node], torch.Tensor]
-    sign: int
-    gamma: Callable[[Node], float]
-    c: Callable[[Node], float]
-
-
-PREDICTIONS = {
-    "noise": Prediction(model=noise_prediction, sign=1, gamma=lambda n: n.alpha, c=lambda n: n.sigma),
-    "data": Prediction(model=data_prediction, sign=-1, gamma=lambda n: n.sigma, c=lambda n: n.alpha),
-}
 
 
 def unipc_coefficients(rs: list[float], z: float, b_z: float) -> list[float]:
@@ -100,7 +80,7 @@ class UniPC(GridStepper):
                  lower_order_final: bool) -> None:
         super().__init__(run, grid)
         self.order, self.kind, self.variant, self.corrector = order, PREDICTIONS[prediction], variant, corrector
-        self.orders = step_orders(len(grid) - 1, order, lower_order_final)
+        self.orders = step_orders(grid, order, lower_order_final)
         self.history: list[tuple[Node, torch.Tensor]] = []
         self.x_start: torch.Tensor  # the state the corrector re-solves the last step from
 
