@@ -11,8 +11,10 @@ The ODE is integrated in one of two variables (``VARIABLES``):
 
 Both are the same ODE for every linear SDE: with g² = dσ²/dt - 2fσ² (the kernel's own std), y = x/α has
 dy/dt = -½ g² s/α and dσ̃/dt = (σ' - fσ)/α = g²/(2σα), so dy/dσ̃ = -σ s, and x̂_0 = (x + σ² s)/α gives
-y - x̂_0 = -σ σ̃ s = σ̃ dy/dσ̃. In u the right-hand side is the distance to the data prediction, of order
-one at every noise level, where dx/dt grows like 1/σ near eps.
+y - x̂_0 = -σ σ̃ s = σ̃ dy/dσ̃. In (y, u) the ODE does not depend on the SDE, only on the range of σ̃.
+
+Adaptive solvers end their last step exactly on the final time (torchdiffeq's ``step_t``), so that
+no step is evaluated past it at clamped times and interpolated back.
 """
 from __future__ import annotations
 
@@ -195,9 +197,9 @@ def ode(run: Run, x: torch.Tensor, *, solver: str, variable: str, rtol: float, a
 
     From t_start to eps in ``variable`` (module docstring): ``"log_sigma"``, dy/du = y - x̂_0(α y, t(u))
     for y = x/α over u = log σ/α (Karras et al. 2022, eq. 4), or ``"t"``, dx/dt = f(t) x - ½ g(t)² s(x, t).
-    ``solver`` adaptive: ``rtol`` / ``atol`` on the solver's state (w = x/√(α² + σ²), or x); fixed-step: ``steps`` (default 100)
-    steps of ``schedule`` (default ``logsnr``: uniform in u, the default variable), or the explicit grid,
-    its times mapped to the variable. ``denoise`` adds a final Tweedie step at eps (one more score evaluation)."""
+    ``solver`` adaptive: ``rtol`` / ``atol`` on the solver's state (w = x/√(α² + σ²), or x); fixed-step:
+    ``steps`` (default 100) steps of ``schedule`` (default ``logsnr``: uniform in u, the default variable),
+    or the explicit grid, its times mapped to the variable. ``denoise`` adds a final Tweedie step at eps (one more score evaluation)."""
     if solver in ADAPTIVE_SOLVERS:
         times = torch.tensor([run.t_start, run.eps], dtype=torch.float64)
     else:
