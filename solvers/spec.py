@@ -140,7 +140,7 @@ ADAPTIVE = Family(
 ODE_SOLVER = Family(
     "ODE solver",
     steps="the number of steps of a fixed-step torchdiffeq solver (not taken by adaptive ones)",
-    grid="t_start (default T) down to eps; fixed-step solvers walk `schedule` (uniform in t by default)",
+    grid="t_start (default T) down to eps; fixed-step solvers walk `schedule` (uniform in log-SNR by default)",
 )
 
 
