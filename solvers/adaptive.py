@@ -16,7 +16,7 @@ import torch
 from sde_diffusion.core.utils import append_dims
 
 from .common import Run, noise_like
-from .dpm_solver import SINGLESTEP_FRACTIONS, singlestep_update
+from .dpm_solver import PREDICTIONS, SINGLESTEP_FRACTIONS, singlestep_update
 from .schedules import data_prediction, nodes, nodes_at_lambda
 from .spec import ADAPTIVE, POSITIVE_EPS, choice, flag, non_negative, number, positive, register_method
 
@@ -71,7 +71,7 @@ def dpm_solver_adaptive(run: Run, x: torch.Tensor, *, order: int, error_norm: st
         attempt = nodes_at_lambda(sde, [s.lam + r * h for r in fractions] + [s.lam + h])
         t = last if h == last.lam - s.lam else attempt[-1]
         run.begin_step(accepted)
-        x_high, x_low = singlestep_update(run.score, x, s, attempt[:-1], t)
+        x_high, x_low = singlestep_update(run.score, x, s, attempt[:-1], t, PREDICTIONS["noise"])
         error = float(ERROR_NORMS[error_norm](scaled_error(x_high, x_low, x_prev, atol, rtol)))
         if not math.isfinite(error):
             run.score.check()

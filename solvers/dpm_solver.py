@@ -1,4 +1,4 @@
-"""DPM-Solver (singlestep, noise prediction) and DPM-Solver++ (multistep and SDE, data prediction).
+"""DPM-Solver (singlestep, noise or data prediction) and DPM-Solver++ (multistep and SDE, data prediction).
 
 All updates are exponential integrators of the PF-ODE or reverse SDE in λ = log(α/σ), with
 h = λ_t - λ_s > 0 for a step s → t (Lu et al. 2022a "DPM-Solver", Lu et al. 2022b "DPM-Solver++"):
@@ -12,6 +12,8 @@ which σ_t ∫_0^h e^{λ_s + u} u^k/k! du = α_t h^{k+1} φ_{k+1}(-h).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,7 +23,7 @@ from sde_diffusion.core.types import ScoreFn
 from .common import Run, noise_like
 from .grid import GridStepper, grid_nfe, grid_options, run_grid
 from .schedules import Node, data_prediction, nodes_at_lambda, noise_prediction
-from .spec import FIXED_GRID, POSITIVE_EPS, choice, flag, register_method
+from .spec import FIXED_GRID, POSITIVE_EPS, Option, choice, flag, number, register_method
 
 
 def phi(k: int, z: float) -> float:
@@ -35,49 +37,70 @@ def phi(k: int, z: float) -> float:
     return value
 
 
-# --- DPM-Solver, singlestep, noise prediction (Lu et al. 2022a) -------------------------------------
-def ddim_update(x: torch.Tensor, s: Node, t: Node, eps_s: torch.Tensor) -> torch.Tensor:
-    """DPM-Solver-1 ≡ DDIM (η = 0): x_t = (α_t/α_s) x_s - σ_t (e^h - 1) ε̂_s (2022a, §3.3)."""
-    return (t.alpha / s.alpha) * x - t.sigma * math.expm1(t.lam - s.lam) * eps_s
+@dataclass(frozen=True)
+class Prediction:
+    """A model output m with the pieces of its exponential integrator, z = sign · h, γ and c: the
+    first-order step s → t is x_t = (γ_t/γ_s) x_s - c_t (e^z - 1) m_s, for
+
+        noise:  m = ε̂ = -σ s,        z = h,   (γ, c) = (α, σ)   (Lu et al. 2022a, eq. 3.6)
+        data:   m = x̂_0 = (x + σ² s)/α,  z = -h,  (γ, c) = (σ, α)   (Lu et al. 2022b, eq. 9)."""
+
+    model: Callable[[ScoreFn, torch.Tensor, Node], torch.Tensor]
+    sign: int
+    gamma: Callable[[Node], float]
+    c: Callable[[Node], float]
+
+
+PREDICTIONS = {
+    "noise": Prediction(model=noise_prediction, sign=1, gamma=lambda n: n.alpha, c=lambda n: n.sigma),
+    "data": Prediction(model=data_prediction, sign=-1, gamma=lambda n: n.sigma, c=lambda n: n.alpha),
+}
+
+
+# --- DPM-Solver (noise prediction, Lu et al. 2022a) and DPM-Solver++ (data, 2022b), singlestep --------
+def first_order_update(x: torch.Tensor, s: Node, t: Node, m_s: torch.Tensor, p: Prediction) -> torch.Tensor:
+    """DPM-Solver-1 ≡ DDIM (η = 0): x_t = (γ_t/γ_s) x_s - c_t (e^z - 1) m_s (2022a, §3.3; 2022b, eq. 9)."""
+    return (p.gamma(t) / p.gamma(s)) * x - p.c(t) * math.expm1(p.sign * (t.lam - s.lam)) * m_s
 
 
 def dpm_solver_2_update(
-    score_fn: ScoreFn, x: torch.Tensor, s: Node, s1: Node, t: Node
+    score_fn: ScoreFn, x: torch.Tensor, s: Node, s1: Node, t: Node, p: Prediction
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DPM-Solver-2 (2022a, Alg. 1) with r_1 = (λ_{s1} - λ_s)/h:
+    """DPM-Solver-2 (2022a, Alg. 1) / DPM-Solver++(2S) (2022b, Alg. 1) with r_1 = (λ_{s1} - λ_s)/h:
 
-        u = DDIM(x_s; s → s1),   x_t = DDIM(x_s; s → t) - σ_t/(2 r_1) (e^h - 1) (ε̂(u, s1) - ε̂_s).
+        u = DPM-Solver-1(x_s; s → s1),   x_t = DPM-Solver-1(x_s; s → t) - c_t/(2 r_1) (e^z - 1) (m(u, s1) - m_s).
 
-    Returns x_t and the embedded first-order solution DDIM(x_s; s → t) (2 evaluations)."""
-    h = t.lam - s.lam
-    r1 = (s1.lam - s.lam) / h
-    eps_s = noise_prediction(score_fn, x, s)
-    u = ddim_update(x, s, s1, eps_s)
-    low = ddim_update(x, s, t, eps_s)
-    x_t = low - t.sigma / (2 * r1) * math.expm1(h) * (noise_prediction(score_fn, u, s1) - eps_s)
+    Returns x_t and the embedded first-order solution DPM-Solver-1(x_s; s → t) (2 evaluations)."""
+    r1 = (s1.lam - s.lam) / (t.lam - s.lam)
+    m_s = p.model(score_fn, x, s)
+    low = first_order_update(x, s, t, m_s, p)
+    d1 = p.model(score_fn, first_order_update(x, s, s1, m_s, p), s1) - m_s
+    x_t = low - p.c(t) / (2 * r1) * math.expm1(p.sign * (t.lam - s.lam)) * d1
     return x_t, low
 
 
 def dpm_solver_3_update(
-    score_fn: ScoreFn, x: torch.Tensor, s: Node, s1: Node, s2: Node, t: Node
+    score_fn: ScoreFn, x: torch.Tensor, s: Node, s1: Node, s2: Node, t: Node, p: Prediction
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """DPM-Solver-3 (2022a, Alg. 2) with r_i = (λ_{si} - λ_s)/h and ψ(z) = (e^z - 1)/z - 1:
+    """DPM-Solver-3 (2022a, Alg. 2) / DPM-Solver++(3S) with r_i = (λ_{si} - λ_s)/h, z = sign · h,
+    z_2 = sign · r_2 h:
 
-        u_1 = DDIM(x_s; s → s1),                              D_1 = ε̂(u_1, s1) - ε̂_s
-        u_2 = DDIM(x_s; s → s2) - σ_{s2} (r_2/r_1) ψ(r_2 h) D_1,  D_2 = ε̂(u_2, s2) - ε̂_s
-        x_t = DDIM(x_s; s → t) - (σ_t/r_2) ψ(h) D_2.
+        u_1 = DPM-Solver-1(x_s; s → s1),                                  D_1 = m(u_1, s1) - m_s
+        u_2 = DPM-Solver-1(x_s; s → s2) - c_{s2} (r_2/r_1) z_2 φ_2(z_2) D_1,   D_2 = m(u_2, s2) - m_s
+        x_t = DPM-Solver-1(x_s; s → t) - (c_t/r_2) z φ_2(z) D_2.
 
-    Returns x_t and the embedded second-order solution DDIM(x_s; s → t) - σ_t/(2 r_1)(e^h - 1) D_1
+    Returns x_t and the embedded second-order solution DPM-Solver-1(x_s; s → t) - c_t/(2 r_1)(e^z - 1) D_1
     (DPM-Solver-2 with the same r_1, no extra evaluation; 3 evaluations)."""
     h = t.lam - s.lam
     r1, r2 = (s1.lam - s.lam) / h, (s2.lam - s.lam) / h
-    eps_s = noise_prediction(score_fn, x, s)
-    d1 = noise_prediction(score_fn, ddim_update(x, s, s1, eps_s), s1) - eps_s
-    u2 = ddim_update(x, s, s2, eps_s) - s2.sigma * (r2 / r1) * r2 * h * phi(2, r2 * h) * d1
-    d2 = noise_prediction(score_fn, u2, s2) - eps_s
-    first = ddim_update(x, s, t, eps_s)
-    x_t = first - (t.sigma / r2) * h * phi(2, h) * d2
-    return x_t, first - t.sigma / (2 * r1) * math.expm1(h) * d1
+    z, z2 = p.sign * h, p.sign * r2 * h
+    m_s = p.model(score_fn, x, s)
+    d1 = p.model(score_fn, first_order_update(x, s, s1, m_s, p), s1) - m_s
+    u2 = first_order_update(x, s, s2, m_s, p) - p.c(s2) * (r2 / r1) * z2 * phi(2, z2) * d1
+    d2 = p.model(score_fn, u2, s2) - m_s
+    first = first_order_update(x, s, t, m_s, p)
+    x_t = first - (p.c(t) / r2) * z * phi(2, z) * d2
+    return x_t, first - p.c(t) / (2 * r1) * math.expm1(z) * d1
 
 
 #: Intermediate fractions r of each singlestep order (Lu et al. 2022a, §3.3: r_1 = 1/2; 1/3, 2/3).
@@ -85,47 +108,72 @@ SINGLESTEP_FRACTIONS = {1: (), 2: (0.5,), 3: (1.0 / 3.0, 2.0 / 3.0)}
 
 
 def singlestep_update(
-    score_fn: ScoreFn, x: torch.Tensor, s: Node, mids: list[Node], t: Node
+    score_fn: ScoreFn, x: torch.Tensor, s: Node, mids: list[Node], t: Node, p: Prediction
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One DPM-Solver step of order len(mids) + 1 (its embedded lower-order solution second)."""
+    """One singlestep step of order len(mids) + 1 (its embedded lower-order solution second)."""
     if not mids:
-        first = ddim_update(x, s, t, noise_prediction(score_fn, x, s))
+        first = first_order_update(x, s, t, p.model(score_fn, x, s), p)
         return first, first
     if len(mids) == 1:
-        return dpm_solver_2_update(score_fn, x, s, mids[0], t)
-    return dpm_solver_3_update(score_fn, x, s, mids[0], mids[1], t)
+        return dpm_solver_2_update(score_fn, x, s, mids[0], t, p)
+    return dpm_solver_3_update(score_fn, x, s, mids[0], mids[1], t, p)
+
+
+def singlestep_orders(nfe: int, order: int, lower_order_final: bool) -> list[int]:
+    """The orders of the singlestep steps that spend ``nfe`` evaluations (Lu et al. 2022a, App. D.1,
+    the reference ``get_orders_and_timesteps_for_singlestep_solver``): K = ⌊nfe/3⌋ + 1 steps
+
+        order 3:  [3]·(K-2) + [2, 1]  (nfe ≡ 0 mod 3),  [3]·(K-1) + [1]  (≡ 1),  [3]·(K-1) + [2]  (≡ 2)
+        order 2:  [2]·(nfe/2)  (even),  [2]·⌊nfe/2⌋ + [1]  (odd),         order 1: [1]·nfe,
+
+    so a budget too small for the nominal order takes lower-order steps instead of one long step.
+    Without ``lower_order_final`` every step has the nominal order but a last one of order nfe mod order."""
+    if order == 3 and lower_order_final:
+        k = nfe // 3 + 1
+        return {0: [3] * (k - 2) + [2, 1], 1: [3] * (k - 1) + [1], 2: [3] * (k - 1) + [2]}[nfe % 3]
+    return [order] * (nfe // order) + ([nfe % order] if nfe % order else [])
 
 
 class DPMSolver(GridStepper):
-    """Singlestep DPM-Solver-k: the intermediate nodes at λ_s + r h are placed once, before the loop."""
+    """Singlestep DPM-Solver: step j of order k_j spans k_j intervals of the grid (one per evaluation);
+    its intermediate nodes sit at λ_s + r h, placed once, before the loop."""
 
-    def __init__(self, run: Run, grid: list[Node], order: int) -> None:
-        super().__init__(run, grid)
-        fractions = SINGLESTEP_FRACTIONS[order]
-        lams = [s.lam + r * (t.lam - s.lam) for s, t in zip(grid[:-1], grid[1:]) for r in fractions]
-        self.mids = nodes_at_lambda(run.sde, lams) if lams else []
-        self.k = len(fractions)
+    def __init__(self, run: Run, grid: list[Node], order: int, prediction: str, lower_order_final: bool) -> None:
+        self.prediction = PREDICTIONS[prediction]
+        orders = singlestep_orders(len(grid) - 1, order, lower_order_final)
+        ends = [sum(orders[: j + 1]) for j in range(len(orders))]
+        super().__init__(run, [grid[0]] + [grid[e] for e in ends])
+        outer = self.grid
+        self.mids = [nodes_at_lambda(run.sde, [s.lam + r * (t.lam - s.lam) for r in SINGLESTEP_FRACTIONS[k]]) if k > 1 else []
+                     for s, t, k in zip(outer[:-1], outer[1:], orders)]
 
     def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        return singlestep_update(self.score, x, self.grid[i], self.mids[self.k * i : self.k * (i + 1)], self.grid[i + 1])[0]
+        return singlestep_update(self.score, x, self.grid[i], self.mids[i], self.grid[i + 1], self.prediction)[0]
 
 
 @register_method(
     "dpm_solver",
     FIXED_GRID,
-    options={"order": choice(3, (1, 2, 3)), **grid_options("logsnr")},
+    options={"order": choice(2, (1, 2, 3)), "prediction": choice("data", tuple(sorted(PREDICTIONS))), "lower_order_final": flag(True),
+             **grid_options("logsnr")},
     default_steps=10,
     deterministic=lambda options: True,
-    nfe=lambda steps, options: options["order"] * steps + int(options["denoise"]),
+    nfe=grid_nfe(1),
+    steps_taken=lambda steps, options: len(singlestep_orders(steps, options["order"], options["lower_order_final"])),
     requires=(POSITIVE_EPS,),
 )
-def dpm_solver(run: Run, x: torch.Tensor, *, order: int, **grid: Any) -> torch.Tensor:
-    """Singlestep DPM-Solver-1/2/3 on the PF-ODE with noise prediction ε̂ = -σ s (Lu et al. 2022a, §3.3).
+def dpm_solver(run: Run, x: torch.Tensor, *, order: int, prediction: str, lower_order_final: bool, **grid: Any) -> torch.Tensor:
+    """Singlestep DPM-Solver-1/2/3 on the PF-ODE: with data prediction x̂_0 (``prediction="data"``,
+    DPM-Solver++(2S)/(3S), Lu et al. 2022b) or noise prediction ε̂ = -σ s (DPM-Solver, 2022a, §3.3).
 
-    ``steps`` steps of order ``order`` (DPM-Solver-1 is DDIM with η = 0); the intermediate times sit
-    at λ_s + r h with r = 1/2 (order 2) or 1/3, 2/3 (order 3). NFE = order · steps (+1 with ``denoise``).
+    ``steps`` is the number of evaluations, as in the reference implementation and diffusers: the
+    grid's ``steps`` intervals are grouped into steps of order ≤ ``order`` by ``singlestep_orders``
+    (DPM-Solver-1 is DDIM with η = 0); a step's intermediate times sit at λ_s + r h with r = 1/2
+    (order 2) or 1/3, 2/3 (order 3). NFE = steps (+1 with ``denoise``). The defaults, order 2 with
+    data prediction, are diffusers' ``DPMSolverSinglestepScheduler`` defaults; noise prediction and
+    order 3 are worse than DDIM at ≤ 15 evaluations on the toolkit's targets (README, "Fast solvers").
     """
-    return run_grid(DPMSolver, run, x, order=order, **grid)
+    return run_grid(DPMSolver, run, x, order=order, prediction=prediction, lower_order_final=lower_order_final, **grid)
 
 
 # --- DPM-Solver++, multistep, data prediction (Lu et al. 2022b) -------------------------------------
@@ -162,19 +210,31 @@ def multistep_update(x: torch.Tensor, s: Node, t: Node, terms: list[torch.Tensor
     return x_t
 
 
-def step_orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
-    """Per-step order of a multistep method: warm-up 1, 2, ... and, with ``lower_order_final``,
-    orders ≤ steps - i on the last steps (Lu et al. 2022b, §5; k-diffusion #43)."""
-    return [min(order, i + 1, steps - i) if lower_order_final else min(order, i + 1) for i in range(steps)]
+def multistep_order_options() -> dict[str, Option]:
+    """The order options of every multistep method: ``lower_order_final`` and ``first_order_above``,
+    the longest step (in λ) that uses earlier outputs; the default 1 lets σ̃ shrink by at most a factor
+    e. The model's output changes on a λ-scale of about 1 where the modes separate, so a polynomial
+    through earlier outputs extrapolated further predicts it worse than the newest output alone
+    (``inf``: every step at the nominal order)."""
+    return {"lower_order_final": flag(True), "first_order_above": number(1.0, 0.0, math.inf, low_open=True)}
+
+
+def step_orders(grid: list[Node], order: int, lower_order_final: bool, first_order_above: float) -> list[int]:
+    """Per-step order of a multistep method on ``grid``: warm-up 1, 2, ..., order 1 on steps longer
+    than ``first_order_above`` in λ (where few-step grids would otherwise do worse than DDIM) and,
+    with ``lower_order_final``, orders ≤ steps - i on the last steps (Lu et al. 2022b, §5; k-diffusion #43)."""
+    steps = len(grid) - 1
+    orders = [1 if grid[i + 1].lam - grid[i].lam > first_order_above else min(order, i + 1) for i in range(steps)]
+    return [min(k, steps - i) for i, k in enumerate(orders)] if lower_order_final else orders
 
 
 class Multistep(GridStepper):
     """A multistep method on the last ``order`` data predictions x̂_0 (one new evaluation per step),
     at the orders of ``step_orders``."""
 
-    def __init__(self, run: Run, grid: list[Node], order: int, lower_order_final: bool) -> None:
+    def __init__(self, run: Run, grid: list[Node], order: int, lower_order_final: bool, first_order_above: float) -> None:
         super().__init__(run, grid)
-        self.order, self.orders = order, step_orders(len(grid) - 1, order, lower_order_final)
+        self.order, self.orders = order, step_orders(grid, order, lower_order_final, first_order_above)
         self.history: list[tuple[Node, torch.Tensor]] = []
 
     def terms(self, i: int, x: torch.Tensor) -> list[torch.Tensor]:
@@ -191,19 +251,20 @@ class DPMSolverPP(Multistep):
 @register_method(
     "dpm_solver_pp",
     FIXED_GRID,
-    options={"order": choice(3, (1, 2, 3)), "lower_order_final": flag(True), **grid_options("logsnr")},
+    options={"order": choice(3, (1, 2, 3)), **multistep_order_options(), **grid_options("logsnr")},
     default_steps=20,
     deterministic=lambda options: True,
     nfe=grid_nfe(1),
     requires=(POSITIVE_EPS,),
 )
-def dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, **grid: Any) -> torch.Tensor:
+def dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, first_order_above: float,
+                  **grid: Any) -> torch.Tensor:
     """Multistep DPM-Solver++(2M) / (3M) on the PF-ODE with data prediction (Lu et al. 2022b, Alg. 2).
 
     Each step reuses the last ``order`` data predictions x̂_0 = (x + σ² s)/α (one new evaluation per
     step). NFE = steps (+1 with ``denoise``, the final x̂_0 at eps).
     """
-    return run_grid(DPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, **grid)
+    return run_grid(DPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, first_order_above=first_order_above, **grid)
 
 
 # --- SDE-DPM-Solver++(2M), data prediction (Lu et al. 2022b, App. B) --------------------------------
@@ -233,12 +294,13 @@ class SDEDPMSolverPP(Multistep):
 @register_method(
     "sde_dpm_solver_pp",
     FIXED_GRID,
-    options={"order": choice(2, (1, 2)), "lower_order_final": flag(True), **grid_options("quadratic")},
+    options={"order": choice(2, (1, 2)), **multistep_order_options(), **grid_options("quadratic")},
     default_steps=20,
     nfe=grid_nfe(1),
     requires=(POSITIVE_EPS,),
 )
-def sde_dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, **grid: Any) -> torch.Tensor:
+def sde_dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_final: bool, first_order_above: float,
+                      **grid: Any) -> torch.Tensor:
     """SDE-DPM-Solver++(1) / (2M): a discretisation of the reverse SDE (not an ancestral sampler)
     with data prediction (Lu et al. 2022b, App. B; diffusers' ``sde-dpmsolver++``).
 
@@ -246,4 +308,5 @@ def sde_dpm_solver_pp(run: Run, x: torch.Tensor, *, order: int, lower_order_fina
     default grid is time-quadratic, which kept the ring's samples on its modes at 10 NFE on every
     SDE where the logSNR and Karras grids did not (README, "Fast solvers").
     """
-    return run_grid(SDEDPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, **grid)
+    return run_grid(SDEDPMSolverPP, run, x, order=order, lower_order_final=lower_order_final, first_order_above=first_order_above,
+                    **grid)

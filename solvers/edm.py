@@ -11,16 +11,16 @@ Stiff steps. Written with the denoiser, a Heun step σ̃_s → σ̃_t with r = �
 a convex combination of x̃ and the two denoised estimates only while r ≥ 1/2; below, the trapezoidal
 corrector (A- but not L-stable) extrapolates past D' by (1/(2r) - 1)(D' - D). Where the two
 estimates differ, i.e. where a step crosses the levels at which the modes separate, a large step
-throws samples off the data (few-step grids have r well below 1/4 on most steps; README, "Fast
-solvers"). On steps with r < ``STIFF_RATIO`` = 1/4, where that extrapolation would exceed the whole
-difference D' - D, both samplers take the exponential midpoint step instead (DPM-Solver++(2S) with
-r₁ = 1/2, Lu et al. 2022): Euler to the node m half-way in λ = -log σ̃, then
+throws samples off the data (few-step grids have r well below 1/2 on most steps; README, "Fast
+solvers"). On steps with r < ``STIFF_RATIO`` = 1/2 both samplers take the exponential midpoint step
+instead (DPM-Solver++(2S) with r₁ = 1/2, Lu et al. 2022): Euler to the node m half-way in
+λ = -log σ̃, then
 
     x̃_t = r x̃ + (1 - r) D(x̃_m; σ̃_m),
 
 second order as well, with the same two evaluations, and always a convex combination of x̃ and a
-denoised estimate. Grids with r ≥ 1/4 on every step but the last (Euler) one, e.g. EDM's 18-step
-Karras grid from 80 to 0.002, are sampled exactly as by Karras et al.
+denoised estimate. Steps with r ≥ 1/2, e.g. all but the last few of EDM's 18-level Karras grid from
+80 to 0.002, are Karras et al.'s Heun steps.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from .spec import FIXED_GRID, POSITIVE_EPS, non_negative, register_method
 
 #: A step σ̃_s → σ̃_t with σ̃_t < STIFF_RATIO · σ̃_s is stiff: Heun's corrector would extrapolate past
 #: D(x̃'; σ̃_t) by more than its distance to D(x̃; σ̃_s).
-STIFF_RATIO = 0.25
+STIFF_RATIO = 0.5
 
 
 def denoiser(score_fn: ScoreFn, x_tilde: torch.Tensor, node: Node) -> torch.Tensor:
@@ -86,10 +86,8 @@ def midpoints(sde: LinearSDE, starts: list[Node], ends: list[Node]) -> list[Opti
     return [mids.get(i) for i in range(len(starts))]
 
 
-def second_order_step(score_fn: ScoreFn, x_tilde: torch.Tensor, s: Node, t: Node, mid: Optional[Node], last: bool) -> torch.Tensor:
-    """Euler on the last step, the exponential midpoint step on a stiff one (``mid`` given), else Heun."""
-    if last:
-        return heun_step(score_fn, x_tilde, s, t, correct=False)
+def second_order_step(score_fn: ScoreFn, x_tilde: torch.Tensor, s: Node, t: Node, mid: Optional[Node]) -> torch.Tensor:
+    """The exponential midpoint step on a stiff step (``mid`` given), else Heun's."""
     if mid is not None:
         return midpoint_step(score_fn, x_tilde, s, mid, t)
     return heun_step(score_fn, x_tilde, s, t)
@@ -106,7 +104,7 @@ class Heun(GridStepper):
         return x / self.grid[0].alpha
 
     def step(self, i: int, x_tilde: torch.Tensor) -> torch.Tensor:
-        return second_order_step(self.score, x_tilde, self.grid[i], self.grid[i + 1], self.mids[i], last=i == len(self.grid) - 2)
+        return second_order_step(self.score, x_tilde, self.grid[i], self.grid[i + 1], self.mids[i])
 
     def finish(self, x_tilde: torch.Tensor) -> torch.Tensor:
         """x = α x̃ at eps; the driver's denoise is then EDM's Euler step to σ̃ = 0, D(x̃; σ̃(eps))."""
@@ -119,16 +117,15 @@ class Heun(GridStepper):
     options=grid_options("karras"),
     default_steps=17,
     deterministic=lambda options: True,
-    nfe=grid_nfe(2, -1),
+    nfe=grid_nfe(2),
     requires=(POSITIVE_EPS,),
 )
 def heun(run: Run, x: torch.Tensor, **grid: Any) -> torch.Tensor:
     """Heun's 2nd-order method on the PF-ODE in (x̃, σ̃) (Karras et al. 2022, Alg. 1).
 
-    ``steps`` steps from t_start to eps, Heun but Euler on the last one (whose corrector d' would
-    be divided by the smallest σ̃, which makes it unstable at large step ratios) and the
-    exponential midpoint step on stiff ones (module docstring), then (``denoise``) the Euler step
-    to σ̃ = 0. NFE = 2 · steps - 1 (+1 with ``denoise``).
+    ``steps`` Heun steps from t_start to eps (the exponential midpoint step on stiff ones, module
+    docstring), then (``denoise``) Alg. 1's last step, the Euler step from σ̃_min = σ̃(eps) to 0.
+    NFE = 2 · steps (+1 with ``denoise``): EDM's 18 levels from 80 to 0.002 are 17 steps, 35 NFE.
     """
     return run_grid(Heun, run, x, **grid)
 
@@ -138,10 +135,10 @@ def churned_nodes(sde: LinearSDE, grid: list[Node], s_churn: float, s_tmin: floa
     σ̃_i in [S_tmin, S_tmax] and 0 elsewhere (Karras et al. 2022, Alg. 2, lines 4-5; n steps).
     σ̂_i is capped at σ̃(T); where γ_i = 0 the node is grid[i] itself.
 
-    The last step, a first-order Euler step, is never churned: in EDM it starts at σ_min = 0.002
-    < S_tmin, so the added noise is always removed by a second-order step. Here the last step starts
-    where the grid puts it, possibly well inside [S_tmin, S_tmax], where its noise would not be
-    removed."""
+    The last step is never churned: in EDM the step that ends at σ_min is followed by the Euler step
+    to 0, and the levels it starts from are below S_tmin on EDM's grids. Here the last step starts
+    where the grid puts it, possibly well inside [S_tmin, S_tmax], and noise added there would not
+    be removed by a later step."""
     gamma = min(s_churn / (len(grid) - 1), math.sqrt(2.0) - 1.0)
     churned = [i for i, s in enumerate(grid[:-2]) if gamma > 0 and s_tmin <= s.sigma_tilde <= s_tmax]
     raised = dict(zip(churned, nodes_at_lambda(sde, [grid[i].lam - math.log1p(gamma) for i in churned])))
@@ -162,7 +159,7 @@ class EDM(Heun):
         if s_hat is not s:
             churn = math.sqrt(max(s_hat.sigma_tilde**2 - s.sigma_tilde**2, 0.0))
             x_tilde = x_tilde + churn * self.s_noise * noise_like(x_tilde, self.run.generator)
-        return second_order_step(self.score, x_tilde, s_hat, self.grid[i + 1], self.mids[i], last=i == len(self.grid) - 2)
+        return second_order_step(self.score, x_tilde, s_hat, self.grid[i + 1], self.mids[i])
 
 
 @register_method(
@@ -172,7 +169,7 @@ class EDM(Heun):
              "s_noise": non_negative(1.0), **grid_options("quadratic")},
     default_steps=17,
     deterministic=lambda options: options["s_churn"] == 0.0 or options["s_noise"] == 0.0 or options["s_tmin"] > options["s_tmax"],
-    nfe=grid_nfe(2, -1),
+    nfe=grid_nfe(2),
     requires=(POSITIVE_EPS,),
 )
 def edm(run: Run, x: torch.Tensor, *, s_churn: float, s_tmin: float, s_tmax: float, s_noise: float, **grid: Any) -> torch.Tensor:
@@ -182,8 +179,8 @@ def edm(run: Run, x: torch.Tensor, *, s_churn: float, s_tmin: float, s_tmax: flo
 
     σ̂_i is capped at σ̃(T) (the SDE is not defined beyond T). S_churn = 0 is Heun. EDM's ImageNet
     preset is S_churn = 40, S_tmin = 0.05, S_tmax = 50, S_noise = 1.003 at 256 steps; S_noise = 1
-    is exact for an exact score. As in ``heun`` the last step is Euler (and never churned, see
-    ``churned_nodes``): NFE = 2 · steps - 1 (+1 with ``denoise``). The default grid is
+    is exact for an exact score. The last step is never churned (``churned_nodes``); as in ``heun``,
+    NFE = 2 · steps (+1 with ``denoise``). The default grid is
     time-quadratic, not EDM's Karras grid, which from T left more of the ring's samples off its
     modes at 10 NFE (README, "Fast solvers").
     """

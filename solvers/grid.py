@@ -26,7 +26,8 @@ def grid_options(schedule: str, denoise: bool = True) -> dict[str, Option]:
 class GridStepper:
     """The update of a fixed-grid method on ``grid`` (nodes t_0 = t_start > ... > t_n = eps):
     ``start`` maps x to the method's state, ``step(i, state)`` advances it from node i to i + 1 and
-    ``finish`` maps the last state back to x at t_n."""
+    ``finish`` maps the last state back to x at t_n. A stepper may step on a coarser ``self.grid``
+    with the same ends (singlestep DPM-Solver groups intervals into steps)."""
 
     def __init__(self, run: Run, grid: list[Node], **options: Any) -> None:
         self.run, self.grid, self.score = run, grid, run.score
@@ -54,7 +55,7 @@ def run_grid(stepper_class: type[GridStepper], run: Run, x: torch.Tensor, *, sch
     grid = nodes(run.sde, grid_times(run, schedule, rho))
     stepper = stepper_class(run, grid, **options)
     state = stepper.start(x)
-    for i in run.stepping(len(grid) - 1):
+    for i in run.stepping(len(stepper.grid) - 1):
         state = stepper.step(i, state)
     x = stepper.finish(state)
     return data_prediction(run.score, x, grid[-1]) if denoise else x

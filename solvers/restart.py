@@ -48,7 +48,7 @@ class Restart(Heun):
         for _ in range(self.restarts):
             x_tilde = x_tilde + self.jump * noise_like(x_tilde, self.run.generator)
             for j in range(len(self.back) - 1):
-                x_tilde = second_order_step(self.score, x_tilde, self.back[j], self.back[j + 1], self.back_mids[j], last=False)
+                x_tilde = second_order_step(self.score, x_tilde, self.back[j], self.back[j + 1], self.back_mids[j])
         return x_tilde
 
 
@@ -64,7 +64,7 @@ def check_interval(options: dict[str, Any]) -> None:
              "s_noise": non_negative(1.0), **grid_options("karras")},
     default_steps=17,
     deterministic=lambda options: options["restarts"] == 0 or options["s_noise"] == 0.0,
-    nfe=lambda steps, options: 2 * steps - 1 + 2 * options["restarts"] * options["restart_steps"] + int(options["denoise"]),
+    nfe=lambda steps, options: 2 * steps + 2 * options["restarts"] * options["restart_steps"] + int(options["denoise"]),
     requires=(POSITIVE_EPS,),
     check=check_interval,
 )
@@ -73,7 +73,7 @@ def restart(run: Run, x: torch.Tensor, *, restart_min: float, restart_max: float
     """Restart sampling (Xu et al. 2023, Alg. 1): Heun on the main grid (as ``heun``); at the main
     node nearest to σ̃ = ``restart_min`` (the reference snaps t_min to the grid), ``restarts`` times:
     jump to σ̃ = ``restart_max`` (capped at σ̃(t_start)) with fresh noise, then ``restart_steps``
-    Heun steps back on a Karras grid of Karras' ``rho``. NFE = 2 · steps - 1
+    Heun steps back on a Karras grid of Karras' ``rho``. NFE = 2 · steps
     + 2 · restarts · restart_steps (+1 with ``denoise``). Defaults: the paper's CIFAR-10 VP interval
     [0.06, 0.30] with 3 grid points (2 steps) and K = 2; S_noise = 1 is exact.
     """

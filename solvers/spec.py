@@ -140,7 +140,7 @@ ADAPTIVE = Family(
 ODE_SOLVER = Family(
     "ODE solver",
     steps="the number of steps of a fixed-step torchdiffeq solver (not taken by adaptive ones)",
-    grid="t_start (default T) down to eps; fixed-step solvers walk `schedule` (uniform in t by default)",
+    grid="t_start (default T) down to eps; fixed-step solvers walk `schedule` (uniform in log-SNR by default)",
 )
 
 
@@ -188,7 +188,8 @@ class Method:
     ``StepsOfSDE`` or None (the method takes no steps). ``takes`` lists the shared arguments the
     method honours; any other given one is refused. ``deterministic(options)``, ``adaptive(options)``
     and ``nfe(steps, options)`` (None where the count is not known in advance) are functions of the
-    resolved options.
+    resolved options; ``steps_taken(steps, options)`` is the number of solver steps (callbacks), which
+    is ``steps`` unless the method groups grid intervals into longer steps.
     """
 
     name: str
@@ -200,6 +201,7 @@ class Method:
     deterministic: Callable[[Options], bool] = lambda options: False
     adaptive: Callable[[Options], bool] = lambda options: False
     nfe: Callable[[int, Options], Optional[int]] = lambda steps, options: None
+    steps_taken: Callable[[int, Options], int] = lambda steps, options: steps
     requires: tuple[Requirement, ...] = ()
     check: Callable[[Options], None] = lambda options: None
     description: str = ""

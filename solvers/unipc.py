@@ -15,38 +15,18 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from sde_diffusion.core.types import ScoreFn
-
 from .common import Run
-from .dpm_solver import phi, step_orders
+from .dpm_solver import PREDICTIONS, Prediction, multistep_order_options, phi, step_orders
 from .grid import GridStepper, grid_nfe, grid_options, run_grid
-from .schedules import Node, data_prediction, noise_prediction
+from .schedules import Node
 from .spec import FIXED_GRID, POSITIVE_EPS, choice, flag, register_method
 
 #: B(z) of each UniPC variant.
 VARIANTS = {"bh1": lambda z: z, "bh2": math.expm1}
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """A model output with the pieces of its exponential integrator: z = sign · h, γ, c."""
-
-    model: Callable[[ScoreFn, torch.Tensor, Node], torch.Tensor]
-    sign: int
-    gamma: Callable[[Node], float]
-    c: Callable[[Node], float]
-
-
-PREDICTIONS = {
-    "noise": Prediction(model=noise_prediction, sign=1, gamma=lambda n: n.alpha, c=lambda n: n.sigma),
-    "data": Prediction(model=data_prediction, sign=-1, gamma=lambda n: n.sigma, c=lambda n: n.alpha),
-}
 
 
 def solve_vandermonde(rs: list[float], rhs: list[float]) -> list[float]:
@@ -118,10 +98,10 @@ class UniPC(GridStepper):
     then linear in x_i and the outputs, and is computed as such; x_i^c itself is never needed."""
 
     def __init__(self, run: Run, grid: list[Node], order: int, prediction: str, variant: str, corrector: bool,
-                 lower_order_final: bool) -> None:
+                 lower_order_final: bool, first_order_above: float) -> None:
         super().__init__(run, grid)
         self.order, self.kind, self.variant, self.corrector = order, PREDICTIONS[prediction], variant, corrector
-        self.orders = step_orders(len(grid) - 1, order, lower_order_final)
+        self.orders = step_orders(grid, order, lower_order_final, first_order_above)
         self.outputs: dict[int, torch.Tensor] = {}  # node index -> output, the last order + 1
         self.predicted: dict[int, float] = {}  # UniP's weights of the step that gave the current x
 
@@ -151,7 +131,7 @@ class UniPC(GridStepper):
         "prediction": choice("data", tuple(sorted(PREDICTIONS))),
         "variant": choice("bh2", tuple(sorted(VARIANTS))),
         "corrector": flag(True),
-        "lower_order_final": flag(True),
+        **multistep_order_options(),
         **grid_options("quadratic"),
     },
     default_steps=20,
@@ -160,7 +140,7 @@ class UniPC(GridStepper):
     requires=(POSITIVE_EPS,),
 )
 def unipc(run: Run, x: torch.Tensor, *, order: int, prediction: str, variant: str, corrector: bool,
-          lower_order_final: bool, **grid: Any) -> torch.Tensor:
+          lower_order_final: bool, first_order_above: float, **grid: Any) -> torch.Tensor:
     """UniPC-p multistep sampler of the PF-ODE (Zhao et al. 2023, §3): UniP-p, then UniC-p with
     the new evaluation (order p + 1); the corrected x starts the next step, the evaluation at the
     predicted x enters the history. NFE = steps (+1 with ``denoise``); the last step has no corrector.
@@ -170,5 +150,5 @@ def unipc(run: Run, x: torch.Tensor, *, order: int, prediction: str, variant: st
     (Zhao et al.'s default for pixel models) breaks down at ≤ 8 NFE on the toolkit's targets.
     """
     options = {"order": order, "prediction": prediction, "variant": variant, "corrector": corrector,
-               "lower_order_final": lower_order_final}
+               "lower_order_final": lower_order_final, "first_order_above": first_order_above}
     return run_grid(UniPC, run, x, **options, **grid)

@@ -141,7 +141,7 @@ def test_unknown_fields_name_the_path_and_the_allowed_ones():
 
     config = get_default_config()
     config.sampling.ode.rtoll = 1e-3
-    with pytest.raises(ValueError, match=r"unknown field config\.sampling\.ode\.rtoll; allowed in config\.sampling\.ode: atol, denoise, rho, rtol, schedule, solver"):
+    with pytest.raises(ValueError, match=r"unknown field config\.sampling\.ode\.rtoll; allowed in config\.sampling\.ode: atol, denoise, rho, rtol, schedule, solver, variable"):
         validate(config)
 
 
@@ -173,7 +173,7 @@ def test_model_must_match_the_data():
 def test_group_builders_reject_unknown_arguments():
     with pytest.raises(ValueError, match=r"unknown field\(s\) sigma_max for SDE 'vp'; allowed: beta_min, beta_max, N"):
         sde_group("vp", sigma_max=10.0)
-    with pytest.raises(ValueError, match=r"unknown option\(s\) rtoll for method 'ode'; known: atol, denoise, rho, rtol, schedule, solver"):
+    with pytest.raises(ValueError, match=r"unknown option\(s\) rtoll for method 'ode'; known: atol, denoise, rho, rtol, schedule, solver, variable"):
         sampling_group("ode", rtoll=1e-3)
     with pytest.raises(ValueError, match=r"unknown model 'resnet'; known: mlp, unet"):
         model_group("resnet")

@@ -36,6 +36,26 @@ def test_exact_trace_matches_the_analytic_log_density(sde_name, target_fn, n, ge
     assert z.shape == x.shape and nfe > 0
 
 
+@pytest.mark.parametrize("method, at_end", [("dopri5", 2), ("bosh3", 1)])
+def test_adaptive_likelihood_steps_end_on_T(method, at_end, gen):
+    """The adaptive solver's last step ends on T (torchdiffeq's ``step_t``): every score call lies in
+    [eps, T], and the only calls at T (to rounding) are the final step's stages there: dopri5's last
+    two (c = 1, the 7th the first-same-as-last), bosh3's last.
+    A step past T would have several stages clamped to T, to be interpolated back."""
+    target, sde = ring(), get_sde("vp")
+    calls = []
+
+    def score(x, t):
+        calls.append(t.detach().clone())
+        return target.score(x, t, sde)
+
+    x = target.sample(16, gen, dtype=torch.float64)
+    log_likelihood(sde, score, x, method=method, rtol=3e-3, atol=3e-3, eps=EPS)
+    t = torch.stack(calls)
+    assert float(t.min()) >= EPS * (1 - 1e-9) and float(t.max()) <= sde.T
+    assert [i for i, c in enumerate(calls) if float((c - sde.T).abs().max()) <= 1e-12] == list(range(len(calls) - at_end, len(calls)))
+
+
 def test_vp_and_subvp_give_the_same_log_likelihoods(gen):
     """VP and sub-VP share α(t), and in y = x/α both PF-ODEs are dy/dσ̃ = (y - D(y; σ̃))/σ̃ in the
     noise level σ̃ = σ/α; they differ only in where σ̃ starts (1e-3 vs 1e-6 at eps = 1e-5) and ends

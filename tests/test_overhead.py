@@ -13,9 +13,9 @@ import solvers
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import ring
 from sde_diffusion.core.utils import finite_bounds
-from solvers.dpm_solver import step_orders
+from solvers.dpm_solver import PREDICTIONS, step_orders
 from solvers.schedules import data_prediction, nodes, noise_prediction, time_steps
-from solvers.unipc import PREDICTIONS, solve_vandermonde, unipc_weights
+from solvers.unipc import solve_vandermonde, unipc_weights
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 4])
@@ -53,7 +53,7 @@ def textbook_unipc(sde, score_fn, x, grid, order, kind, variant):
     starts the next step); no final denoise."""
     prediction = PREDICTIONS[kind]
     model = data_prediction if kind == "data" else noise_prediction
-    orders = step_orders(len(grid) - 1, order, True)
+    orders = step_orders(grid, order, True, solvers.available()["unipc"]["options"]["first_order_above"])
     history, x_start = [], None
 
     def update(x, s, t, m_s, others):
@@ -95,5 +95,5 @@ def test_overhead_benchmark_writes_its_table(tmp_path):
 
     path = overhead.main(["--batches", "20", "--levels", "6", "--quick", "--out", str(tmp_path)])
     text = open(path, encoding="utf-8").read()
-    assert "| unipc | dpmpp_2m | 20×2 | 6 | 6 |" in text and "| heun | heun | 20×2 | 10 | 11 |" in text
+    assert "| unipc | dpmpp_2m | 20×2 | 6 | 6 |" in text and "| heun | heun | 20×2 | 11 | 11 |" in text
     assert "Command: `python" in text and "threads" in text

@@ -110,6 +110,8 @@ def test_encode_counts_its_calls(tol):
         ("vp", "ode", {"steps": 10}, "no steps or schedule with an adaptive solver"),
         ("vp", "ode", {"rtol": 0.0}, "option rtol .*allowed: a number in \\(0, inf\\)"),
         ("vp", "ode", {"solver": "euler", "steps": 0}, "steps must be an integer >= 1"),
+        ("ve", "ode", {"eps": 0.0}, r"needs eps > 0 with variable 'log_sigma'.*got eps = 0.0"),
+        ("vp", "ode", {"variable": "lambda"}, "option variable .*allowed: one of log_sigma, t"),
     ],
 )
 def test_bad_input_raises_value_error(name, method, options, message):

@@ -26,6 +26,7 @@ from sde_diffusion.core.sde_lib import LinearSDE
 from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import check_finite, check_positive_int, sum_except_batch
 from solvers.common import GuardedScore
+from solvers.ode import ADAPTIVE_SOLVERS
 
 #: ``divergence(out, x) -> (B,)``: the divergence of ``out`` (a function of ``x``) w.r.t. ``x``.
 Divergence = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -139,9 +140,11 @@ def log_likelihood(
         return drift.detach(), div.detach()
 
     times = torch.tensor([eps, sde.T], dtype=x.dtype, device=x.device)
+    # the last adaptive step ends on T: a step past it would be evaluated at clamped times and interpolated back
+    options = {"step_t": times[-1:]} if method in ADAPTIVE_SOLVERS else None
     state = (x, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device))
     try:
-        zs, deltas = odeint(dynamics, state, times, rtol=rtol, atol=atol, method=method)
+        zs, deltas = odeint(dynamics, state, times, rtol=rtol, atol=atol, method=method, options=options)
     except Exception:
         counted.check()  # a non-finite score is the cause of whatever failed after it
         raise
