@@ -8,6 +8,7 @@ sample is the Tweedie estimate x̂_0 = (x + σ² s)/α at the last node (one mor
 """
 from __future__ import annotations
 
+import abc
 from typing import Any
 
 import torch
@@ -23,7 +24,7 @@ def grid_options(schedule: str, denoise: bool = True) -> dict[str, Option]:
     return {"schedule": choice(schedule, SCHEDULES.names), "rho": positive(7.0), "denoise": flag(denoise)}
 
 
-class GridStepper:
+class GridStepper(abc.ABC):
     """The update of a fixed-grid method on ``grid`` (nodes t_0 = t_start > ... > t_n = eps):
     ``start`` maps x to the method's state, ``step(i, state)`` advances it from node i to i + 1 and
     ``finish`` maps the last state back to x at t_n. A stepper may step on a coarser ``self.grid``
@@ -35,8 +36,9 @@ class GridStepper:
     def start(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
+    @abc.abstractmethod
     def step(self, i: int, x: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+        """The state at node i + 1 from the state at node i."""
 
     def finish(self, x: torch.Tensor) -> torch.Tensor:
         return x

@@ -18,6 +18,7 @@ no step is evaluated past it at clamped times and interpolated back.
 """
 from __future__ import annotations
 
+import abc
 from typing import Any, Optional
 
 import torch
@@ -41,7 +42,7 @@ ADAPTIVE_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FIXED_SOLVERS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4, "explicit_adams": None, "implicit_adams": None}
 
 
-class PFODE:
+class PFODE(abc.ABC):
     """The PF-ODE right-hand side for torchdiffeq in a solver variable (a subclass: ``coordinate``
     maps times to it, ``to_state`` / ``from_state`` map x to the solver's state and back), with times
     clamped to [eps, T] (adaptive solvers probe times outside the interval while choosing a first
@@ -58,9 +59,9 @@ class PFODE:
         elif run is not None:
             self.callback_step = self._fixed_step
 
+    @abc.abstractmethod
     def coordinate(self, times: torch.Tensor) -> torch.Tensor:
         """The solver variable at the float64 ``times``."""
-        raise NotImplementedError
 
     def to_state(self, x: torch.Tensor, t: float) -> torch.Tensor:
         return x

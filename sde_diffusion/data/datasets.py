@@ -28,6 +28,7 @@ every training batch (``get_dequantizer``). Then log P(v) ≥ E_u log p(x) - D l
 """
 from __future__ import annotations
 
+import abc
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -46,15 +47,16 @@ Batch = tuple[torch.Tensor, Optional[torch.Tensor]]
 
 
 # --- sources: stored values by rows ------------------------------------------------------------------
-class Source(torch.utils.data.Dataset):
+class Source(torch.utils.data.Dataset, abc.ABC):
     """One split of a data set: ``len(source)`` points, ``source.rows(indices)`` a ``Batch`` of them,
     ``source.targets`` all their labels (None: unlabelled). ``__getitems__`` lets a DataLoader with a
     batch sampler read a whole batch in one call."""
 
     targets: Optional[torch.Tensor] = None
 
+    @abc.abstractmethod
     def rows(self, indices: Sequence[int]) -> Batch:
-        raise NotImplementedError
+        """The values and labels (None: unlabelled) of the points ``indices``."""
 
     def __getitems__(self, indices: Sequence[int]) -> Batch:
         return self.rows(indices)
