@@ -34,7 +34,7 @@ from typing import Optional
 import torch
 
 import solvers
-from benchmarks.common import log, table
+from benchmarks.common import log, table, write_report
 from benchmarks.peers import GRIDS, PEERS, levels_for_nfe, run_peer
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import get_sde
@@ -193,12 +193,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     if args.sweep:
         lines = ["# Sweep of default settings", "", f"{args.n} latents per problem; σ/α min({SIGMA_MAX:g}, σ/α(T)) → {SIGMA_MIN:g}, then the final denoise.", ""]
         lines += sweep_section(args, reference_tol)
-        os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, "sweep.md")
-        with open(path, "w", encoding="utf-8") as fh:
-            fh.write("\n".join(lines) + "\n")
-        print("\n".join(lines))
-        return path
+        return write_report(args.out, lines, "sweep.md")
     spec = args.method or solvers.RECOMMENDED[0]
     lines = ["# Defaults against k-diffusion", "", f"Method `{spec}`; {args.n} latents per target (seed {args.seed}); σ/α {SIGMA_MAX:g} → {SIGMA_MIN:g}, then the final denoise.", ""]
     misses = 0
@@ -215,12 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             lines += [f"Fitted schedules on {target} (fitted on {args.n_fit} latents of seed {args.fit_seed}):", ""] + section + [""]
             misses += missed
     lines.append(f"Targets missed: {misses}.")
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "report.md")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return path
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from typing import Optional
 
 import torch
 
+from benchmarks.common import write_report
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import anisotropic, ring
 from sde_diffusion.evaluation.likelihood import log_likelihood
@@ -75,12 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
             rows.append(f"| {method} | {rtol:g} | {atol:g} | {', '.join(map(str, nfes))} | {', '.join(f'{m:.2g}' for m in maes)} | {'yes' if ok else 'no'} |")
             print(rows[-1], flush=True)
         lines += [f"## {name} ({n} points per seed; target MAE ≤ {target_mae:g} at ≤ {budget} NFE)", "", "| method | rtol | atol | NFE per seed | MAE per seed | meets |", "|---|---|---|---|---|---|"] + rows + [""]
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "report.md")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return path
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

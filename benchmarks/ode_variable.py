@@ -25,6 +25,7 @@ from typing import Optional
 import torch
 
 import solvers
+from benchmarks.common import write_report
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import anisotropic, multiscale, ring
 
@@ -112,12 +113,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                 print(summary[-1], flush=True)
     lines += ["## NFE for a median error (ratio to log_sigma)", ""] + summary
     lines += ["", "## NFE: median error at each rtol = atol", ""] + detail
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "report.md")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return path
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

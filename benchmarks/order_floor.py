@@ -22,7 +22,8 @@ from typing import Optional
 import torch
 
 import solvers
-from benchmarks.defaults import SIGMA_MAX, SIGMA_MIN, SWEEP_SDES, TARGETS, log, ours, table
+from benchmarks.common import log, table, write_report
+from benchmarks.defaults import SIGMA_MAX, SIGMA_MIN, SWEEP_SDES, TARGETS, ours
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.evaluation.benchmark import Benchmark, mixture_problem, noise_level, parse_method
 
@@ -82,12 +83,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
     lines = ["# Deterministic fast solvers against DDIM at the same NFE", "",
              f"{args.n} latents per problem (seed {args.seed}); σ/α min({SIGMA_MAX:g}, σ/α(T)) → {SIGMA_MIN:g}, then the final denoise; "
              "DDIM runs on the solver's default grid.", ""] + table(header, rows) + ["", f"Cells worse than DDIM: {misses} of {len(rows)}."]
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "report.md")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return path
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":

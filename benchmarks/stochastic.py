@@ -26,7 +26,7 @@ from typing import Any, Optional
 import torch
 
 import solvers
-from benchmarks.common import log, table
+from benchmarks.common import log, table, write_report
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import anisotropic, multiscale
@@ -121,12 +121,7 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         if isinstance(em, int) and isinstance(ggf, int):
             lines += [f"Gotta-Go-Fast / Euler–Maruyama NFE: {ggf / em:.2f} (target ≤ 1/3).", ""]
         lines += table(["sampler", "setting", "nfe", "statistic", "KL part", "/ floor"], details) + [""]
-    os.makedirs(args.out, exist_ok=True)
-    path = os.path.join(args.out, "report.md")
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return path
+    return write_report(args.out, lines)
 
 
 if __name__ == "__main__":
