@@ -13,12 +13,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 from ml_collections import ConfigDict
+from processes import child_pid
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sde_diffusion.app.build import build_sde
@@ -334,23 +335,6 @@ RING_OVERRIDES = {
 }
 
 
-def _child_pid(parent: int, rank: int) -> Optional[int]:
-    """The pid of the child of ``parent`` whose environment has RANK=rank (Linux /proc)."""
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            if ppid != parent:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env:
-            return int(entry)
-    return None
-
-
 def _wait_for(condition, timeout: float, proc: subprocess.Popen, what: str) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -382,7 +366,7 @@ def test_killed_rank_fails_the_job_and_any_world_size_resumes(tmp_path):
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
         _wait_for(lambda: list_checkpoints(str(workdir / "checkpoints")), 120, proc, "the first checkpoint")
-        os.kill(_wait_for(lambda: _child_pid(proc.pid, 1), 10, proc, "rank 1's pid"), signal.SIGKILL)
+        os.kill(_wait_for(lambda: child_pid(proc.pid, 1), 10, proc, "rank 1's pid"), signal.SIGKILL)
         returncode = proc.wait(timeout=90)
     finally:
         if proc.poll() is None:

@@ -17,10 +17,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import pytest
 import torch
+from processes import child_pid
 
 from sde_diffusion.training.checkpoints import list_checkpoints, load_checkpoint
 
@@ -214,23 +215,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _child_pid(parent: int, rank: int) -> Optional[int]:
-    """The pid of the child of ``parent`` whose environment has RANK=rank (Linux /proc)."""
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
-            if ppid != parent:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as fh:
-                env = fh.read().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in env:
-            return int(entry)
-    return None
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
 def test_sigterm_to_one_rank_stops_the_whole_job_after_one_step(tmp_path):
     """torchrun runs 2 processes; SIGTERM goes to rank 1 only (as a scheduler preempting one
@@ -247,7 +231,7 @@ def test_sigterm_to_one_rank_stops_the_whole_job_after_one_step(tmp_path):
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
         _wait_for(lambda: max(_steps(workdir), default=0) >= 40, proc, "the checkpoint of step 40")
-        os.kill(_wait_for(lambda: _child_pid(proc.pid, 1), proc, "rank 1's pid"), signal.SIGTERM)
+        os.kill(_wait_for(lambda: child_pid(proc.pid, 1), proc, "rank 1's pid"), signal.SIGTERM)
         start = time.monotonic()
         proc.wait(timeout=120)
         elapsed = time.monotonic() - start
