@@ -60,7 +60,7 @@ class GuardedScore(CountedScore):
         if self.nfe == 1 and (not isinstance(score, torch.Tensor) or score.shape != x.shape):
             got = tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__
             raise ValueError(f"{self.method}: score_fn returned shape {got}, expected {tuple(x.shape)} (the shape of x)")
-        self.bounds += finite_bounds(score)
+        self.bounds += finite_bounds(score.detach())  # kept until the next check: no autograd graph with them
         self.calls.append((self.step, t))
         self.last = (x, t, score)
         if self.first is None:
