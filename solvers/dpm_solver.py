@@ -170,8 +170,8 @@ def dpm_solver(run: Run, x: torch.Tensor, *, order: int, prediction: str, lower_
     grid's ``steps`` intervals are grouped into steps of order ≤ ``order`` by ``singlestep_orders``
     (DPM-Solver-1 is DDIM with η = 0); a step's intermediate times sit at λ_s + r h with r = 1/2
     (order 2) or 1/3, 2/3 (order 3). NFE = steps (+1 with ``denoise``). The defaults, order 2 with
-    data prediction, are diffusers' ``DPMSolverSinglestepScheduler`` defaults; noise prediction and
-    order 3 are worse than DDIM at ≤ 15 evaluations on the toolkit's targets (README, "Fast solvers").
+    data prediction, are diffusers' ``DPMSolverSinglestepScheduler`` defaults; with noise prediction
+    or order 3 few-step budgets do worse than DDIM (README, "Fast solvers").
     """
     return run_grid(DPMSolver, run, x, order=order, prediction=prediction, lower_order_final=lower_order_final, **grid)
 

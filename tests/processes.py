@@ -1,8 +1,13 @@
-"""Process helpers shared by the multi-process tests (Linux /proc)."""
+"""Process helpers shared by the multi-process tests."""
 from __future__ import annotations
 
 import os
-from typing import Optional
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any, Optional
+
+import pytest
 
 
 def child_pid(parent: int, rank: int) -> Optional[int]:
@@ -20,3 +25,18 @@ def child_pid(parent: int, rank: int) -> Optional[int]:
         if f"RANK={rank}".encode() in env:
             return int(entry)
     return None
+
+
+def wait_for(condition: Callable[[], Any], proc: subprocess.Popen, what: str, timeout: float = 180, poll: float = 0.01) -> Any:
+    """condition()'s first true value, polled every ``poll`` s; the test fails if ``proc`` exits first
+    or ``timeout`` s pass (then ``proc`` is killed)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        if proc.poll() is not None:
+            pytest.fail(f"the process exited with {proc.returncode} before {what}")
+        time.sleep(poll)
+    proc.kill()
+    pytest.fail(f"timed out waiting for {what}")

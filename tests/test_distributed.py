@@ -11,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 from ml_collections import ConfigDict
-from processes import child_pid
+from processes import child_pid, wait_for
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from sde_diffusion.app.build import build_sde
@@ -335,18 +334,6 @@ RING_OVERRIDES = {
 }
 
 
-def _wait_for(condition, timeout: float, proc: subprocess.Popen, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc.poll() is not None:
-            pytest.fail(f"the job exited with {proc.returncode} before {what}")
-        time.sleep(0.05)
-    pytest.fail(f"timed out waiting for {what}")
-
-
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds torchrun's workers through /proc")
 def test_killed_rank_fails_the_job_and_any_world_size_resumes(tmp_path):
     """torchrun runs 2 processes; once the first checkpoint exists, rank 1 is killed (SIGKILL). The
@@ -365,8 +352,8 @@ def test_killed_rank_fails_the_job_and_any_world_size_resumes(tmp_path):
     with open(log, "w") as fh:
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
-        _wait_for(lambda: list_checkpoints(str(workdir / "checkpoints")), 120, proc, "the first checkpoint")
-        os.kill(_wait_for(lambda: child_pid(proc.pid, 1), 10, proc, "rank 1's pid"), signal.SIGKILL)
+        wait_for(lambda: list_checkpoints(str(workdir / "checkpoints")), proc, "the first checkpoint", timeout=120)
+        os.kill(wait_for(lambda: child_pid(proc.pid, 1), proc, "rank 1's pid", timeout=10), signal.SIGKILL)
         returncode = proc.wait(timeout=90)
     finally:
         if proc.poll() is None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 import torch
-from processes import child_pid
+from processes import child_pid, wait_for
 
 from sde_diffusion.training.checkpoints import list_checkpoints, load_checkpoint
 
@@ -51,19 +51,6 @@ def _run(verb: str, workdir: Path, timeout: float = 300, **overrides: Any) -> su
 def _start(verb: str, workdir: Path, log: Path, **overrides: Any) -> subprocess.Popen:
     with open(log, "w") as fh:
         return subprocess.Popen(_command(verb, workdir, **overrides), stdout=fh, stderr=subprocess.STDOUT, env=ENV, cwd=REPO)
-
-
-def _wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 180, poll: float = 0.01) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        if proc.poll() is not None:
-            pytest.fail(f"the process exited with {proc.returncode} before {what}")
-        time.sleep(poll)
-    proc.kill()
-    pytest.fail(f"timed out waiting for {what}")
 
 
 def _steps(workdir: Path) -> list[int]:
@@ -138,8 +125,8 @@ def test_sigkill_during_checkpoint_writes_loses_nothing_and_resumes_exactly(tmp_
     for delay in KILL_DELAYS:
         start = max(_steps(workdir), default=0)
         proc = _start("train", workdir, log, **{"training.n_iters": REFERENCE_STEPS, "training.snapshot_freq": 1, "training.keep_checkpoints": 2})
-        _wait_for(lambda start=start: max(_steps(workdir), default=0) > start + 2, proc, "2 new checkpoints")
-        _wait_for(lambda: _temporaries(workdir), proc, "a checkpoint write", poll=0.0002)
+        wait_for(lambda start=start: max(_steps(workdir), default=0) > start + 2, proc, "2 new checkpoints")
+        wait_for(lambda: _temporaries(workdir), proc, "a checkpoint write", poll=0.0002)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
@@ -175,7 +162,7 @@ def test_sigint_and_sigterm_checkpoint_the_current_step(tmp_path, reference, sig
     the next multiple of 10 (+10) ends bit-identical to the uninterrupted run."""
     workdir, log = tmp_path / "run", tmp_path / "run.log"
     proc = _start("train", workdir, log, **{"training.n_iters": 10**6, "training.snapshot_freq": 20})
-    _wait_for(lambda: max(_steps(workdir), default=0) >= 40, proc, "the checkpoint of step 40")
+    wait_for(lambda: max(_steps(workdir), default=0) >= 40, proc, "the checkpoint of step 40")
     proc.send_signal(signum)
     assert proc.wait(timeout=120) == 128 + signum
     output = log.read_text()
@@ -199,7 +186,7 @@ def test_second_signal_aborts_at_once(tmp_path):
     checkpoint and no temporary written."""
     workdir, log = tmp_path / "run", tmp_path / "run.log"
     proc = _start("train", workdir, log, **{"training.n_iters": 10**6, "data.n_train": 1_000_000})
-    _wait_for(lambda: (workdir / "checkpoints").is_dir(), proc, "training to start", poll=0.001)
+    wait_for(lambda: (workdir / "checkpoints").is_dir(), proc, "training to start", poll=0.001)
     proc.send_signal(signal.SIGINT)
     time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
@@ -230,8 +217,8 @@ def test_sigterm_to_one_rank_stops_the_whole_job_after_one_step(tmp_path):
     with open(log, "w") as fh:
         proc = subprocess.Popen(command, stdout=fh, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
     try:
-        _wait_for(lambda: max(_steps(workdir), default=0) >= 40, proc, "the checkpoint of step 40")
-        os.kill(_wait_for(lambda: child_pid(proc.pid, 1), proc, "rank 1's pid"), signal.SIGTERM)
+        wait_for(lambda: max(_steps(workdir), default=0) >= 40, proc, "the checkpoint of step 40")
+        os.kill(wait_for(lambda: child_pid(proc.pid, 1), proc, "rank 1's pid"), signal.SIGTERM)
         start = time.monotonic()
         proc.wait(timeout=120)
         elapsed = time.monotonic() - start
