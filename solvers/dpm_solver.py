@@ -220,11 +220,14 @@ def multistep_order_options() -> dict[str, Option]:
 
 
 def step_orders(grid: list[Node], order: int, lower_order_final: bool, first_order_above: float) -> list[int]:
-    """Per-step order of a multistep method on ``grid``: warm-up 1, 2, ..., order 1 on steps longer
-    than ``first_order_above`` in λ (where few-step grids would otherwise do worse than DDIM) and,
-    with ``lower_order_final``, orders ≤ steps - i on the last steps (Lu et al. 2022b, §5; k-diffusion #43)."""
-    steps = len(grid) - 1
-    orders = [1 if grid[i + 1].lam - grid[i].lam > first_order_above else min(order, i + 1) for i in range(steps)]
+    """Per-step order of a multistep method on ``grid``: order 1 on steps longer than
+    ``first_order_above`` in λ (where few-step grids would otherwise do worse than DDIM), else one
+    more than the previous step's, up to ``order``: the warm-up 1, 2, ..., order, which restarts
+    after a first-order step. With ``lower_order_final``, orders ≤ steps - i on the last steps
+    (Lu et al. 2022b, §5; k-diffusion #43)."""
+    steps, orders = len(grid) - 1, []
+    for i in range(steps):
+        orders.append(1 if grid[i + 1].lam - grid[i].lam > first_order_above else min(order, (orders[-1] if orders else 0) + 1))
     return [min(k, steps - i) for i, k in enumerate(orders)] if lower_order_final else orders
 
 

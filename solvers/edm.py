@@ -21,6 +21,12 @@ instead (DPM-Solver++(2S) with r₁ = 1/2, Lu et al. 2022): Euler to the node m 
 second order as well, with the same two evaluations, and always a convex combination of x̃ and a
 denoised estimate. Steps with r ≥ 1/2, e.g. all but the last few of EDM's 18-level Karras grid from
 80 to 0.002, are Karras et al.'s Heun steps.
+
+Small budgets. With fewer than ``MIN_SECOND_ORDER_STEPS`` = 3 steps, each step spans several e-folds
+of σ̃ over which no second-order step from one or two levels tracks x̂_0, so ``heun`` spends each
+step's two evaluations on two Euler (DDIM) steps through the node half-way in the schedule's
+coordinate: on a named schedule this is DDIM on its 2n-step grid, the lower order for a budget too
+small for the nominal one, as in DPM-Solver's order schedule (Lu et al. 2022, §3.4).
 """
 from __future__ import annotations
 
@@ -34,9 +40,11 @@ from sde_diffusion.core.types import ScoreFn
 
 from .common import Run, noise_like
 from .grid import GridStepper, grid_nfe, grid_options, run_grid
-from .schedules import Node, data_prediction, nodes_at_lambda, noise_prediction
+from .schedules import Node, data_prediction, half_way, nodes_at_lambda, noise_prediction
 from .spec import FIXED_GRID, POSITIVE_EPS, non_negative, register_method
 
+#: Fewer Heun steps than this take two Euler steps each (module docstring, "Small budgets").
+MIN_SECOND_ORDER_STEPS = 3
 #: A step σ̃_s → σ̃_t with σ̃_t < STIFF_RATIO · σ̃_s is stiff: Heun's corrector would extrapolate past
 #: D(x̃'; σ̃_t) by more than its distance to D(x̃; σ̃_s).
 STIFF_RATIO = 0.5
@@ -93,17 +101,28 @@ def second_order_step(score_fn: ScoreFn, x_tilde: torch.Tensor, s: Node, t: Node
     return heun_step(score_fn, x_tilde, s, t)
 
 
-class Heun(GridStepper):
-    """Heun's method on x̃ = x/α: ``second_order_step`` on each step, the midpoints placed once."""
+def euler_pair_step(score_fn: ScoreFn, x_tilde: torch.Tensor, s: Node, m: Node, t: Node) -> torch.Tensor:
+    """Two Euler steps σ̃_s → σ̃_m → σ̃_t, each x̃ ← r x̃ + (1 - r) D: DDIM in (x̃, σ̃) (2 evaluations)."""
+    return heun_step(score_fn, heun_step(score_fn, x_tilde, s, m, correct=False), m, t, correct=False)
 
-    def __init__(self, run: Run, grid: list[Node]) -> None:
+
+class Heun(GridStepper):
+    """Heun's method on x̃ = x/α: ``second_order_step`` on each step, the midpoints placed once; on a
+    grid of fewer than ``MIN_SECOND_ORDER_STEPS`` steps, ``euler_pair_step`` through the nodes
+    half-way in the coordinate of ``coordinate`` = (schedule, ρ)."""
+
+    def __init__(self, run: Run, grid: list[Node], coordinate: Optional[tuple[str, float]] = None) -> None:
         super().__init__(run, grid)
         self.mids = midpoints(run.sde, grid[:-1], grid[1:])
+        small = coordinate is not None and len(grid) - 1 < MIN_SECOND_ORDER_STEPS
+        self.halves = half_way(run.sde, grid, *coordinate) if small else None
 
     def start(self, x: torch.Tensor) -> torch.Tensor:
         return x / self.grid[0].alpha
 
     def step(self, i: int, x_tilde: torch.Tensor) -> torch.Tensor:
+        if self.halves is not None:
+            return euler_pair_step(self.score, x_tilde, self.grid[i], self.halves[i], self.grid[i + 1])
         return second_order_step(self.score, x_tilde, self.grid[i], self.grid[i + 1], self.mids[i])
 
     def finish(self, x_tilde: torch.Tensor) -> torch.Tensor:
@@ -120,14 +139,15 @@ class Heun(GridStepper):
     nfe=grid_nfe(2),
     requires=(POSITIVE_EPS,),
 )
-def heun(run: Run, x: torch.Tensor, **grid: Any) -> torch.Tensor:
+def heun(run: Run, x: torch.Tensor, *, schedule: str, rho: float, denoise: bool) -> torch.Tensor:
     """Heun's 2nd-order method on the PF-ODE in (x̃, σ̃) (Karras et al. 2022, Alg. 1).
 
-    ``steps`` Heun steps from t_start to eps (the exponential midpoint step on stiff ones, module
-    docstring), then (``denoise``) Alg. 1's last step, the Euler step from σ̃_min = σ̃(eps) to 0.
-    NFE = 2 · steps (+1 with ``denoise``): EDM's 18 levels from 80 to 0.002 are 17 steps, 35 NFE.
+    ``steps`` Heun steps from t_start to eps (the exponential midpoint step on stiff ones, and two
+    Euler steps each below ``MIN_SECOND_ORDER_STEPS``; module docstring), then (``denoise``) Alg. 1's
+    last step, the Euler step from σ̃_min = σ̃(eps) to 0. NFE = 2 · steps (+1 with ``denoise``):
+    EDM's 18 levels from 80 to 0.002 are 17 steps, 35 NFE.
     """
-    return run_grid(Heun, run, x, **grid)
+    return run_grid(Heun, run, x, coordinate=(schedule, rho), schedule=schedule, rho=rho, denoise=denoise)
 
 
 def churned_nodes(sde: LinearSDE, grid: list[Node], s_churn: float, s_tmin: float, s_tmax: float) -> list[Node]:

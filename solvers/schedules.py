@@ -121,6 +121,15 @@ def schedule_nodes(
     return nodes(sde, time_steps(sde, steps, eps, schedule, t_start, rho))
 
 
+def half_way(sde: LinearSDE, grid: list[Node], schedule: str, rho: float) -> list[Node]:
+    """The node half-way between each pair of neighbours of ``grid`` in the schedule's coordinate u;
+    on the schedule's own n-step grid these are the odd nodes of its 2n-step grid."""
+    spacing = SCHEDULES.get(schedule)
+    ends = torch.tensor([[s.t, t.t] for s, t in zip(grid[:-1], grid[1:])], dtype=torch.float64)
+    t = spacing.unwarp(sde, spacing.warp(sde, ends, rho).mean(dim=1), rho)
+    return nodes(sde, torch.minimum(torch.maximum(t, ends[:, 1]), ends[:, 0]))
+
+
 def check_grid(sde: LinearSDE, grid: torch.Tensor) -> torch.Tensor:
     """An explicit time grid as float64: 1-D, at least two times, finite, strictly decreasing, in [0, T]."""
     grid = torch.as_tensor(grid, dtype=torch.float64).detach().cpu()

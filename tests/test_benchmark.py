@@ -90,6 +90,7 @@ def test_parse_method():
         "pc",
         {"snr": 0.2, "corrector": "none", "probability_flow": True},
     )
+    assert parse_method("unipc:first_order_above=inf") == ("unipc", {"first_order_above": math.inf})
     with pytest.raises(ValueError, match="write name:key=value"):
         parse_method("pc:snr")
 

@@ -51,6 +51,21 @@ ORDERS = [
 ]
 
 
+def test_multistep_orders_warm_up_again_after_a_long_step():
+    """Steps longer than ``first_order_above`` in λ are first order, and the order then climbs back
+    one per step as in the initial warm-up; ``lower_order_final`` caps step i at steps - i."""
+    from solvers.dpm_solver import step_orders
+    from solvers.schedules import Node
+
+    lam = [0.0]
+    for dlam in (2.0, 0.5, 0.5, 0.5, 0.5, 1.5, 0.5, 0.5, 0.5):
+        lam.append(lam[-1] + dlam)
+    grid = [Node(t=1.0 - k / 10, alpha=1.0, sigma=math.exp(-v), lam=v) for k, v in enumerate(lam)]
+    assert step_orders(grid, 3, False, 1.0) == [1, 2, 3, 3, 3, 1, 2, 3, 3]
+    assert step_orders(grid, 3, True, 1.0) == [1, 2, 3, 3, 3, 1, 2, 2, 1]
+    assert step_orders(grid, 2, False, math.inf) == [1, 2, 2, 2, 2, 2, 2, 2, 2]
+
+
 @pytest.mark.parametrize("method, options, order", ORDERS, ids=[f"{m}-{o}" for m, o, _ in ORDERS])
 def test_empirical_order_of_convergence(order_problem, method, options, order):
     """Median distance to the reference at 64 and 128 steps (logSNR grid, Karras for Heun) on the

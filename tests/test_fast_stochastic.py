@@ -163,6 +163,38 @@ def test_stiff_heun_steps_take_the_midpoint():
     assert [m is not None for m in midpoints(vp, edm_grid[:-1], edm_grid[1:])] == [False] * 12 + [True] * 5
 
 
+@pytest.mark.parametrize("schedule", ["karras", "quadratic"])
+@pytest.mark.parametrize("sde_name", SDES)
+def test_heun_below_three_steps_is_ddim_on_the_doubled_grid(sde_name, schedule):
+    """With 1 or 2 steps, each Heun step is two Euler steps through the node half-way in the
+    schedule's coordinate: on a named schedule that is DDIM (DPM-Solver-1) on its 2n-step grid at
+    the same NFE; on an explicit grid, DDIM on that grid refined half-way in the coordinate of the
+    ``schedule`` option (Karras by default). In float64 both forms (x̃ ← r x̃ + (1 - r) D and
+    DPM-Solver-1 on x) agree to rounding: a few ulps of |x̃| ≲ 10³ per operation, far below 1e-9.
+    From 3 steps on, Heun's second-order steps differ from DDIM."""
+    from solvers.schedules import half_way, nodes, schedule_nodes
+
+    sde = get_sde(sde_name)
+    score = RING.score_fn(sde)
+    x_T = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    for steps in (1, 2, 3):
+        heun, nfe = solvers.sample(sde, score, x_T.shape, "heun", steps=steps, x_T=x_T, schedule=schedule)
+        ddim, ddim_nfe = solvers.sample(sde, score, x_T.shape, "dpm_solver", steps=2 * steps, order=1, x_T=x_T, schedule=schedule)
+        assert nfe == ddim_nfe == 2 * steps + 1
+        if steps == 3:
+            assert float((heun - ddim).abs().max()) > 1e-3
+            continue
+        torch.testing.assert_close(heun, ddim, rtol=0, atol=1e-9)
+        grid = schedule_nodes(sde, steps, sde.default_eps, schedule, None, 7.0)
+        fine = [n.t for n in schedule_nodes(sde, 2 * steps, sde.default_eps, schedule, None, 7.0)]
+        assert [n.t for n in half_way(sde, grid, schedule, 7.0)] == pytest.approx(fine[1::2], rel=1e-9, abs=1e-12)
+        times = torch.tensor([n.t for n in grid], dtype=torch.float64)
+        explicit, _ = solvers.sample(sde, score, x_T.shape, "heun", schedule=times, x_T=x_T)
+        refined = sorted([n.t for n in grid] + [n.t for n in half_way(sde, nodes(sde, times), "karras", 7.0)], reverse=True)
+        ddim_refined, _ = solvers.sample(sde, score, x_T.shape, "dpm_solver", schedule=torch.tensor(refined, dtype=torch.float64), order=1, x_T=x_T)
+        torch.testing.assert_close(explicit, ddim_refined, rtol=0, atol=1e-9)
+
+
 # --- Restart (Xu et al. 2023) -------------------------------------------------------------------------
 def test_restart_counts_its_evaluations_and_reduces_to_heun_without_restarts(gen):
     """NFE = 2·steps + 2·K·restart_steps + 1 (denoise), counted; with K = 0 the samples are Heun's

@@ -103,19 +103,26 @@ class BudgetedScore(CountedScore):
 
 
 def parse_method(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"name"`` or ``"name:key=value,key=value"`` (values as Python literals, else strings) ->
-    (name, options), e.g. ``"euler_maruyama:probability_flow=True"``."""
+    """``"name"`` or ``"name:key=value,key=value"`` (values as Python literals, then as floats such as
+    ``inf``, else strings) -> (name, options), e.g. ``"euler_maruyama:probability_flow=True"``."""
     name, _, rest = spec.partition(":")
     options: dict[str, Any] = {}
     for item in filter(None, rest.split(",")):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise ValueError(f"bad method option {item!r} in {spec!r}; write name:key=value,key=value")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
+        options[key.strip()] = literal(value.strip())
     return name.strip(), options
+
+
+def literal(value: str) -> Any:
+    """A Python literal, else a float (``inf``, ``nan``), else the string itself."""
+    for parse in (ast.literal_eval, float):
+        try:
+            return parse(value)
+        except (ValueError, SyntaxError):
+            continue
+    return value
 
 
 def is_adaptive(spec: str) -> bool:
