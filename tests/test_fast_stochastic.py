@@ -99,9 +99,9 @@ def test_gotta_go_fast_shares_one_step_with_a_batch_norm():
     sde = get_sde("vp")
     n = 64
     for error_norm in ("rms", "max", "per_sample"):
-        times = []
+        times: list[torch.Tensor] = []
         _, nfe, info = solvers.sample(sde, RING.score_fn(sde), (n, 2), "gotta_go_fast", error_norm=error_norm, rtol=0.1, generator=torch.Generator().manual_seed(6),
-                                      callback=lambda step: times.append(step["t"]), return_info=True)
+                                      callback=lambda step, times=times: times.append(step["t"]), return_info=True)
         assert nfe == 2 * info["iterations"] + 1
         spread = max(float(t.max() - t.min()) for t in times)
         if error_norm == "per_sample":
