@@ -13,6 +13,8 @@ from typing import Any, Optional
 
 import torch
 
+from sde_diffusion.core.sde_lib import LinearSDE
+from sde_diffusion.core.types import ScoreFn
 from sde_diffusion.core.utils import append_dims
 
 from .common import Run, noise_like
@@ -144,31 +146,48 @@ class BrownianMemory:
         self._push(active & ~accept & partial, h_used, dw)
 
 
-@register_method(
-    "gotta_go_fast",
-    ADAPTIVE,
-    options={**control_options(0.05, 0.0078, 0.01), "exponent": positive(0.9)},
-    takes=("eps", "t_start"),
-    adaptive=lambda options: True,
-)
-def gotta_go_fast(run: Run, x: torch.Tensor, *, rtol: float, atol: float, h_init: float, safety: float,
-                  exponent: float, denoise: bool) -> tuple[torch.Tensor, dict[str, Any]]:
-    """Adaptive improved Euler on the reverse SDE, per sample (Jolicoeur-Martineau et al. 2021, Alg. 1).
-
-    With the same Brownian increment ΔW (= √h z) in both stages and b(x, t) = f(t) x - g(t)² s(x, t):
+def improved_euler_step(sde: LinearSDE, score_fn: ScoreFn, x: torch.Tensor, t: torch.Tensor, t_next: torch.Tensor,
+                        dw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One stochastic improved-Euler step of the reverse SDE from t to t_next = t - h ((B,) float64
+    times) with the Brownian increment ΔW (Jolicoeur-Martineau et al. 2021, Alg. 1), the same ΔW in
+    both stages and b(x, t) = f(t) x - g(t)² s(x, t):
 
         x' = x - h b(x, t) + g(t) ΔW                               (Euler–Maruyama)
         x̃ = x - h b(x', t - h) + g(t - h) ΔW,  x'' = (x' + x̃)/2    (improved Euler)
 
-    E = ‖(x' - x'')/δ‖₂/√n with δ = max(atol, rtol max(|x'|, |x'_prev|)) (the paper's ε_abs, ε_rel);
-    a sample accepts when E ≤ 1 (keeping x'', extrapolation) and every sample sets
-    h ← min(t - eps, θ h E^{-r}). Unlike the paper, which redraws z after a rejection, the increments
-    come from ``BrownianMemory`` so that rejections do not bias the noise (redrawing skews the mode
-    weights; README, "Fast solvers"). Each sample has its own t and h, so ``score_fn`` gets
-    non-constant (B,) times. nfe counts batched score calls: 2 per iteration, all samples together
-    (finished and rejected ones included), plus the final Tweedie denoise. The info dict holds
-    ``iterations``, per-sample ``accepted`` and ``rejected`` totals summed over the batch, and
-    ``nfe``. The callback fires after each iteration (a step of every unfinished sample).
+    Two score evaluations; returns (x', x'')."""
+    h = append_dims(t - t_next, x.ndim).to(x.dtype)
+    g, g_next = append_dims(sde.g2(t), x.ndim).to(x.dtype).sqrt(), append_dims(sde.g2(t_next), x.ndim).to(x.dtype).sqrt()
+    x_euler = x - h * sde.reverse_drift(x, t, score_fn(x, t.to(x.dtype))) + g * dw
+    x_tilde = x - h * sde.reverse_drift(x_euler, t_next, score_fn(x_euler, t_next.to(x.dtype))) + g_next * dw
+    return x_euler, (x_euler + x_tilde) / 2
+
+
+@register_method(
+    "gotta_go_fast",
+    ADAPTIVE,
+    options={**control_options(0.05, 0.0078, 0.01), "exponent": positive(0.9),
+             "error_norm": choice("per_sample", ("per_sample",) + tuple(ERROR_NORMS))},
+    takes=("eps", "t_start"),
+    adaptive=lambda options: True,
+)
+def gotta_go_fast(run: Run, x: torch.Tensor, *, rtol: float, atol: float, h_init: float, safety: float,
+                  exponent: float, error_norm: str, denoise: bool) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Adaptive improved Euler on the reverse SDE, per sample (Jolicoeur-Martineau et al. 2021, Alg. 1).
+
+    Each attempt is ``improved_euler_step`` (x' Euler–Maruyama, x'' improved Euler, the same
+    Brownian increment ΔW = √h z in both). E_i = ‖(x' - x'')/δ‖₂/√n per sample with
+    δ = max(atol, rtol max(|x'|, |x'_prev|)) (the paper's ε_abs, ε_rel); a sample accepts when
+    E ≤ 1 (keeping x'', extrapolation; x'_prev ← x') and sets h ← min(t - eps, θ h E^{-r}).
+    ``error_norm="per_sample"`` (default) is the paper's control: each sample has its own t and h, so
+    ``score_fn`` gets non-constant (B,) times. ``"rms"`` or ``"max"`` share one step among the batch,
+    controlled by the RMS or the largest of the E_i, as ``dpm_solver_adaptive`` does. Unlike the
+    paper, which redraws z after a rejection, the increments come from ``BrownianMemory`` so that
+    rejections do not bias the noise (redrawing skews the mode weights; README, "Fast solvers").
+    nfe counts batched score calls: 2 per iteration, all samples together (finished and rejected
+    ones included), plus the final Tweedie denoise. The info dict holds ``iterations``, per-sample
+    ``accepted`` and ``rejected`` totals summed over the batch, and ``nfe``. The callback fires
+    after each iteration (a step of every unfinished sample).
     """
     sde, eps, generator = run.sde, run.eps, run.generator
     start, last = nodes(sde, torch.tensor([run.t_start, eps], dtype=torch.float64))
@@ -180,13 +199,11 @@ def gotta_go_fast(run: Run, x: torch.Tensor, *, rtol: float, atol: float, h_init
         run.begin_step(iterations)
         active = t > eps
         h, dw = memory.take(h, generator)
-        hb = append_dims(h, x.ndim).to(x.dtype)
         t_next = torch.where(h >= t - eps, torch.full_like(t, eps), t - h)
-        g, g_next = append_dims(sde.g2(t), x.ndim).to(x.dtype).sqrt(), append_dims(sde.g2(t_next), x.ndim).to(x.dtype).sqrt()
-        x_euler = x - hb * sde.reverse_drift(x, t, run.score(x, t.to(x.dtype))) + g * dw
-        x_tilde = x - hb * sde.reverse_drift(x_euler, t_next, run.score(x_euler, t_next.to(x.dtype))) + g_next * dw
-        x_heun = (x_euler + x_tilde) / 2
+        x_euler, x_heun = improved_euler_step(sde, run.score, x, t, t_next, dw)
         error = scaled_error(x_heun, x_euler, x_prev, atol, rtol).to(torch.float64)
+        if error_norm != "per_sample":
+            error = ERROR_NORMS[error_norm](error).expand_as(error)
         accept = active & (error <= 1.0)
         memory.settle(accept, active, h, dw)
         x = torch.where(append_dims(accept, x.ndim), x_heun, x)

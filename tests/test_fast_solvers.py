@@ -229,6 +229,7 @@ def test_every_deterministic_solver_works_for_every_sde(sde_problem, method, ste
         ("dpm_solver_adaptive", {"order": 1}, "option order .*allowed: one of 2, 3"),
         ("dpm_solver_adaptive", {"rtol": float("nan")}, r"bad value nan for option rtol .*allowed: a number in \[0, inf\)"),
         ("gotta_go_fast", {"safety": 0.0}, r"option safety .*allowed: a number in \(0, 1\]"),
+        ("gotta_go_fast", {"error_norm": "l2"}, "option error_norm .*allowed: one of per_sample, rms, max"),
         ("unipc", {"tolerance": 1e-3}, "unknown option"),
     ],
 )

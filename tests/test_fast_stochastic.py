@@ -55,13 +55,14 @@ def test_brownian_memory_keeps_the_path_brownian():
 
 STOCHASTIC = [
     ("gotta_go_fast", None, 1000, {"rtol": 0.05}),
+    ("gotta_go_fast", None, 1000, {"rtol": 0.05, "error_norm": "rms"}),
     ("sde_dpm_solver_pp", 40, 2000, {}),
     ("edm", 40, 2000, {}),
 ]
 
 
 @pytest.mark.parametrize("sde_name", SDES)
-@pytest.mark.parametrize("method, steps, n, options", STOCHASTIC, ids=[m for m, _, _, _ in STOCHASTIC])
+@pytest.mark.parametrize("method, steps, n, options", STOCHASTIC, ids=[m + "".join(f"-{v}" for k, v in o.items() if k == "error_norm") for m, _, _, o in STOCHASTIC])
 def test_stochastic_solvers_sample_the_ring_on_every_sde(sde_name, method, steps, n, options):
     """n samples from T to the default eps (40-80 evaluations; Gotta-Go-Fast ~300-500): mode
     weights within the 4σ bound of n exact samples (½ Σ 4 √(w(1-w)/n) = 0.11 at n = 2000), per-mode
@@ -87,6 +88,31 @@ def test_gotta_go_fast_reports_its_steps():
         assert info["accepted"] >= 256 and info["rejected"] >= 0
         nfes.append(nfe)
     assert nfes[1] > nfes[0]
+
+
+def test_gotta_go_fast_shares_one_step_with_a_batch_norm():
+    """With ``error_norm`` "rms" or "max" every sample is at the same time after every iteration and
+    each iteration accepts or rejects the whole batch; the paper's per-sample control gives the
+    samples different times. For one sample the three are the same algorithm: the RMS and the
+    maximum of one error are that error (√(e²) = |e| exactly in binary floating point), so the draws
+    and the samples agree exactly."""
+    sde = get_sde("vp")
+    n = 64
+    for error_norm in ("rms", "max", "per_sample"):
+        times: list[torch.Tensor] = []
+        _, nfe, info = solvers.sample(sde, RING.score_fn(sde), (n, 2), "gotta_go_fast", error_norm=error_norm, rtol=0.1, generator=torch.Generator().manual_seed(6),
+                                      callback=lambda step, times=times: times.append(step["t"]), return_info=True)
+        assert nfe == 2 * info["iterations"] + 1
+        spread = max(float(t.max() - t.min()) for t in times)
+        if error_norm == "per_sample":
+            assert spread > 0.0
+        else:
+            assert spread == 0.0
+            assert info["accepted"] % n == 0 and info["rejected"] % n == 0
+    one = [solvers.sample(sde, RING.score_fn(sde), (1, 2), "gotta_go_fast", error_norm=error_norm, rtol=0.1, generator=torch.Generator().manual_seed(7), return_info=True)
+           for error_norm in ("per_sample", "rms", "max")]
+    for x, nfe, info in one[1:]:
+        assert torch.equal(x, one[0][0]) and nfe == one[0][1] and info["rejected"] == one[0][2]["rejected"]
 
 
 @pytest.mark.parametrize("nfe", [10, 20])
