@@ -19,11 +19,18 @@ The sweep (``--sweep``) runs candidate settings over the four SDEs and the tunin
 geometric mean, over SDEs, targets and NFEs, of the median error and of the mode-switch fraction.
 Fitted schedules (``--fitted``) are fitted by ``solvers.optimize_schedule`` on latents of another seed
 and scored on the benchmark's latents, with every step at the method's nominal order
-(``first_order_above=inf``: the fit chooses the step lengths). Writes ``report.md`` to ``--out``.
+(``first_order_above=inf``: the fit chooses the step lengths). ``--limits`` scores the method, at
+its nominal order, on every 4-step grid (5 NFE) whose interior nodes are 3 of ``--limit-nodes``
+candidates uniform in √t: the lowest median any of them reaches bounds what a fitted 5-NFE schedule
+on that candidate set can do, and the grid with the lowest worst ratio to the best peer bounds the
+defaults at 5 NFE. Writes ``report.md`` (``limits.md``, ``sweep.md``) to ``--out``.
+
+    python benchmarks/defaults.py --limits --n 2000               # exhaustive over 2024 4-step grids
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import math
 import os
 import sys
@@ -52,7 +59,8 @@ TUNING_TARGETS = ("ring", "anisotropic", "anisotropic4")
 SWEEP_SDES = ("vp", "subvp", "ve", "cosine_vp")
 SWEEP_CANDIDATES = tuple(
     f"{method}:{order}schedule={schedule}"
-    for method, order in [("unipc", "prediction=noise,order=2,"), ("unipc", "prediction=data,order=2,"), ("unipc", "prediction=data,order=3,"), ("unipc", "prediction=noise,order=3,"), ("dpm_solver_pp", "order=2,"), ("dpm_solver_pp", "order=3,")]
+    for method, order in [("unipc", "prediction=noise,order=2,"), ("unipc", "prediction=data,order=2,"), ("unipc", "prediction=data,order=3,"), ("unipc", "prediction=noise,order=3,"),
+                          ("unipc", "prediction=data,order=2,variant=bh1,"), ("unipc", "prediction=data,order=3,variant=bh1,"), ("dpm_solver_pp", "order=2,"), ("dpm_solver_pp", "order=3,")]
     for schedule in ("logsnr", "karras", "time_uniform", "quadratic")
 )
 
@@ -123,17 +131,24 @@ def defaults_section(bench: Benchmark, peers: Peers, spec: str, nfe_grid: Sequen
     return table(header, rows), misses
 
 
+def nominal_options(bench: Benchmark, name: str, variant: dict) -> dict:
+    """The method's options for an explicit grid: no t_start, and every step at the nominal order
+    (``first_order_above=inf``: the grid sets the step lengths)."""
+    options = {k: v for k, v in bench.options(name, variant).items() if k != "t_start"}
+    if "first_order_above" in solvers.METHODS.get(name).options:
+        options["first_order_above"] = math.inf
+    return options
+
+
 def fitted_section(bench: Benchmark, peers: Peers, spec: str, fit_seed: int, n_fit: int) -> tuple[list[str], int]:
     """Fitted schedules at 5 and 10 NFE against the best peer at 10 and 20 NFE (median)."""
     name, variant = parse_method(spec)
     p = bench.problem
+    options = nominal_options(bench, name, variant)
     rows, misses = [], 0
     for nfe, peer_nfe in ((5, 10), (10, 20)):
         g = torch.Generator().manual_seed(fit_seed)
         start = time.perf_counter()
-        options = {k: v for k, v in bench.options(name, variant).items() if k != "t_start"}
-        if "first_order_above" in solvers.METHODS.get(name).options:
-            options["first_order_above"] = math.inf  # the fitted grid sets the step lengths; every step at the nominal order
         times = solvers.optimize_schedule(p.sde, p.score_fn, (p.target.dim,), name, nfe, t_start=p.t_start, eps=p.eps, n_samples=n_fit, generator=g, **options)
         fit_seconds = time.perf_counter() - start
         x, used = solvers.sample(p.sde, p.score_fn, bench.latents.shape, name, x_T=bench.latents, schedule=times, **options)
@@ -146,6 +161,42 @@ def fitted_section(bench: Benchmark, peers: Peers, spec: str, fit_seed: int, n_f
         log(rows[-1])
     header = ["NFE", "ours nfe", "fitted median", "fitted switch", "peer NFE", "peer median", "best peer", "ratio", "≤ 1", "fit s", "σ/α of the fitted times"]
     return table(header, rows), misses
+
+
+def limits_section(args: argparse.Namespace, reference_tol: float) -> list[str]:
+    """Every 4-step grid of the candidate nodes (module docstring), scored on every target."""
+    spec = args.method or solvers.RECOMMENDED[0]
+    name, variant = parse_method(spec)
+    benches = {}
+    for target in args.targets:
+        problem = mixture_problem(TARGETS.get(target)(), get_sde("vp"), sigma_start=SIGMA_MAX, sigma_end=SIGMA_MIN, n=args.n, seed=args.seed, name=target)
+        bench = Benchmark(problem, reference_tol=reference_tol)
+        peers = Peers(bench)
+        benches[target] = (bench, peers.best(5), peers.best(10))
+    p = benches[args.targets[0]][0].problem  # every target shares the SDE and the interval
+    roots = torch.linspace(math.sqrt(p.t_start), math.sqrt(p.eps), args.limit_nodes + 2, dtype=torch.float64)[1:-1]
+    scores = {}
+    for combo in itertools.combinations(range(args.limit_nodes), 3):
+        times = torch.cat([torch.tensor([p.t_start], dtype=torch.float64), roots[list(combo)] ** 2, torch.tensor([p.eps], dtype=torch.float64)])
+        for target, (bench, _, _) in benches.items():
+            x, _ = solvers.sample(p.sde, bench.problem.score_fn, bench.latents.shape, name, x_T=bench.latents, schedule=times, **nominal_options(bench, name, variant))
+            scores[combo, target] = score(bench, x)
+    combos = list(itertools.combinations(range(args.limit_nodes), 3))
+
+    def ratios(combo: tuple[int, ...], target: str) -> tuple[float, float]:
+        (median, switch), (bench, best5, _) = scores[combo, target], benches[target]
+        return median / best5["median"][0], switch / max(best5["switch"][0], 1.0 / bench.problem.n)
+
+    rows = []
+    for target, (_, best5, best10) in benches.items():
+        lowest = min(scores[c, target][0] for c in combos)
+        rows.append((target, best5["median"][0], best10["median"][0], lowest, lowest / best10["median"][0],
+                     min(ratios(c, target)[0] for c in combos), min(ratios(c, target)[1] for c in combos)))
+    worst, combo = min((max(max(ratios(c, t)) for t in benches), c) for c in combos)
+    levels = ", ".join(f"{noise_level(p.sde, float(t)):.3g}" for t in [p.t_start, *(roots[list(combo)] ** 2).tolist(), p.eps])
+    header = ["target", "peer median @5", "peer median @10", "lowest median @5", "/ peer @10", "lowest median / peer @5", "lowest switch / peer @5"]
+    return [f"## Every 4-step grid: `{spec}` at its nominal order, {len(combos)} grids ({args.limit_nodes} candidate nodes uniform in √t)", ""] + table(header, rows) + [
+        "", f"Lowest worst ratio to the best peer at 5 NFE over both figures and every target: {worst:.3g}, on the grid σ/α = {levels}.", ""]
 
 
 def sweep_section(args: argparse.Namespace, reference_tol: float) -> list[str]:
@@ -176,6 +227,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed of the benchmark latents")
     p.add_argument("--sweep", action="store_true", help="only the sweep over SDEs and tuning targets")
     p.add_argument("--fitted", action="store_true", help="also fit schedules at 5 and 10 NFE")
+    p.add_argument("--limits", action="store_true", help="only the exhaustive search over 4-step grids")
+    p.add_argument("--limit-nodes", type=int, default=24, help="candidate interior nodes of --limits")
     p.add_argument("--fit-seed", type=int, default=1000, help="seed of the latents schedules are fitted on")
     p.add_argument("--n-fit", type=int, default=256, help="latents schedules are fitted on")
     p.add_argument("--threads", type=int, default=1)
@@ -194,6 +247,10 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         lines = ["# Sweep of default settings", "", f"{args.n} latents per problem; σ/α min({SIGMA_MAX:g}, σ/α(T)) → {SIGMA_MIN:g}, then the final denoise.", ""]
         lines += sweep_section(args, reference_tol)
         return write_report(args.out, lines, "sweep.md")
+    if args.limits:
+        lines = ["# What any 4-step grid can do", "", f"{args.n} latents per target (seed {args.seed}); σ/α {SIGMA_MAX:g} → {SIGMA_MIN:g}, then the final denoise.", ""]
+        lines += limits_section(args, reference_tol)
+        return write_report(args.out, lines, "limits.md")
     spec = args.method or solvers.RECOMMENDED[0]
     lines = ["# Defaults against k-diffusion", "", f"Method `{spec}`; {args.n} latents per target (seed {args.seed}); σ/α {SIGMA_MAX:g} → {SIGMA_MIN:g}, then the final denoise.", ""]
     misses = 0
