@@ -60,7 +60,8 @@ SWEEP_SDES = ("vp", "subvp", "ve", "cosine_vp")
 SWEEP_CANDIDATES = tuple(
     f"{method}:{order}schedule={schedule}"
     for method, order in [("unipc", "prediction=noise,order=2,"), ("unipc", "prediction=data,order=2,"), ("unipc", "prediction=data,order=3,"), ("unipc", "prediction=noise,order=3,"),
-                          ("unipc", "prediction=data,order=2,variant=bh1,"), ("unipc", "prediction=data,order=3,variant=bh1,"), ("dpm_solver_pp", "order=2,"), ("dpm_solver_pp", "order=3,")]
+                          ("unipc", "prediction=data,order=2,variant=bh1,"), ("unipc", "prediction=data,order=3,variant=bh1,"),
+                          ("unipc", "prediction=data,order=3,variant=auto,"), ("dpm_solver_pp", "order=2,"), ("dpm_solver_pp", "order=3,")]
     for schedule in ("logsnr", "karras", "time_uniform", "quadratic")
 )
 

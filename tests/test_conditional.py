@@ -167,7 +167,8 @@ def test_label_embedding(network, gen):
     model.eval()
     c = torch.linspace(-3, 3, 6)
     labels = torch.tensor([0, 1, 2, NULL_LABEL, 1, 0])
-    mixed = model(x, c, labels)
+    with torch.no_grad():
+        mixed = model(x, c, labels)
     for k in (0, 1, 2, NULL_LABEL):
         rows = labels == k
         assert torch.allclose(mixed[rows], model(x, c, torch.full((6,), k))[rows], rtol=0, atol=1e-5 * float(mixed.abs().max()))

@@ -66,6 +66,19 @@ def test_multistep_orders_warm_up_again_after_a_long_step():
     assert step_orders(grid, 2, False, math.inf) == [1, 2, 2, 2, 2, 2, 2, 2, 2]
 
 
+def test_unipc_auto_variant_is_bh1_below_ten_steps_and_bh2_from_ten():
+    """``variant="auto"`` (the default) runs B(z) = z on grids of fewer than 10 steps and
+    B(z) = e^z - 1 from 10 steps on: the same operations as the named variant, so equal bit for bit."""
+    sde = get_sde("vp")
+    score = RING.score_fn(sde)
+    x_T = sde.prior_sampling((32, 2), generator=torch.Generator().manual_seed(9))
+    for steps, same in ((5, "bh1"), (9, "bh1"), (10, "bh2"), (14, "bh2")):
+        auto, _ = solvers.sample(sde, score, x_T.shape, "unipc", steps=steps, x_T=x_T)
+        named, _ = solvers.sample(sde, score, x_T.shape, "unipc", steps=steps, x_T=x_T, variant=same)
+        other, _ = solvers.sample(sde, score, x_T.shape, "unipc", steps=steps, x_T=x_T, variant={"bh1": "bh2", "bh2": "bh1"}[same])
+        assert torch.equal(auto, named) and not torch.equal(auto, other)
+
+
 @pytest.mark.parametrize("method, options, order", ORDERS, ids=[f"{m}-{o}" for m, o, _ in ORDERS])
 def test_empirical_order_of_convergence(order_problem, method, options, order):
     """Median distance to the reference at 64 and 128 steps (logSNR grid, Karras for Heun) on the

@@ -74,17 +74,18 @@ def textbook_unipc(sde, score_fn, x, grid, order, kind, variant):
     return x
 
 
+@pytest.mark.parametrize("variant", ["bh1", "bh2"])
 @pytest.mark.parametrize("kind", ["data", "noise"])
 @pytest.mark.parametrize("order", [1, 2, 3])
-def test_unipc_single_combination_equals_predictor_then_corrector(kind, order):
+def test_unipc_single_combination_equals_predictor_then_corrector(kind, order, variant):
     """In float64 the step written as one linear combination (solvers.unipc.UniPC) equals UniP then
     UniC computed separately, to rounding (~1e-13 relative; tolerance 1e-10)."""
     sde, target = get_sde("vp"), ring()
     score_fn = target.score_fn(sde)
     x_T = sde.prior_sampling((64, 2), generator=torch.Generator().manual_seed(0)).to(torch.float64)
     times = time_steps(sde, 7, 1e-3, "quadratic")
-    expected = textbook_unipc(sde, score_fn, x_T, nodes(sde, times), order, kind, "bh2")
-    got, nfe = solvers.sample(sde, score_fn, x_T.shape, "unipc", schedule=times, x_T=x_T, order=order, prediction=kind, denoise=False)
+    expected = textbook_unipc(sde, score_fn, x_T, nodes(sde, times), order, kind, variant)
+    got, nfe = solvers.sample(sde, score_fn, x_T.shape, "unipc", schedule=times, x_T=x_T, order=order, prediction=kind, variant=variant, denoise=False)
     assert nfe == 7
     assert torch.allclose(got, expected, rtol=1e-10, atol=1e-10)
 
