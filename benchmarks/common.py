@@ -2,6 +2,7 @@
 what produced it."""
 from __future__ import annotations
 
+import argparse
 import datetime
 import os
 import platform
@@ -59,3 +60,11 @@ def write_report(out: str, lines: list[str], name: str = "report.md") -> str:
         fh.write("\n".join(lines) + "\n")
     print("\n".join(lines))
     return path
+
+
+def add_run_options(parser: argparse.ArgumentParser, name: str, quick: str, threads_help: str = "torch threads") -> None:
+    """The options every benchmark script takes: ``--threads``, ``--out`` (default
+    ``benchmarks/results/<name>``) and ``--quick`` (a smoke run, described by ``quick``)."""
+    parser.add_argument("--threads", type=int, default=1, help=threads_help)
+    parser.add_argument("--out", default=os.path.join("benchmarks", "results", name))
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {quick}")

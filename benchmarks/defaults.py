@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -41,7 +40,7 @@ from typing import Optional
 import torch
 
 import solvers
-from benchmarks.common import log, table, write_report
+from benchmarks.common import add_run_options, log, table, write_report
 from benchmarks.peers import GRIDS, PEERS, levels_for_nfe, run_peer
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import get_sde
@@ -174,13 +173,14 @@ def limits_section(args: argparse.Namespace, reference_tol: float) -> list[str]:
         bench = Benchmark(problem, reference_tol=reference_tol)
         peers = Peers(bench)
         benches[target] = (bench, peers.best(5), peers.best(10))
-    p = benches[args.targets[0]][0].problem  # every target shares the SDE and the interval
+    p = benches[args.targets[0]][0].problem  # every target shares the SDE, the interval and the options
+    options = nominal_options(benches[args.targets[0]][0], name, variant)
     roots = torch.linspace(math.sqrt(p.t_start), math.sqrt(p.eps), args.limit_nodes + 2, dtype=torch.float64)[1:-1]
     scores = {}
     for combo in itertools.combinations(range(args.limit_nodes), 3):
         times = torch.cat([torch.tensor([p.t_start], dtype=torch.float64), roots[list(combo)] ** 2, torch.tensor([p.eps], dtype=torch.float64)])
         for target, (bench, _, _) in benches.items():
-            x, _ = solvers.sample(p.sde, bench.problem.score_fn, bench.latents.shape, name, x_T=bench.latents, schedule=times, **nominal_options(bench, name, variant))
+            x, _ = solvers.sample(p.sde, bench.problem.score_fn, bench.latents.shape, name, x_T=bench.latents, schedule=times, **options)
             scores[combo, target] = score(bench, x)
     combos = list(itertools.combinations(range(args.limit_nodes), 3))
 
@@ -232,9 +232,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--limit-nodes", type=int, default=24, help="candidate interior nodes of --limits")
     p.add_argument("--fit-seed", type=int, default=1000, help="seed of the latents schedules are fitted on")
     p.add_argument("--n-fit", type=int, default=256, help="latents schedules are fitted on")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "defaults"))
-    p.add_argument("--quick", action="store_true", help="smoke run: 300 latents, 5 and 10 NFE, looser reference")
+    add_run_options(p, "defaults", "300 latents, 5 and 10 NFE, looser reference")
     return p.parse_args(argv)
 
 

@@ -35,7 +35,7 @@ from typing import Optional
 import torch
 
 import solvers
-from benchmarks.common import log, table
+from benchmarks.common import add_run_options, log, table
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import ring
@@ -226,9 +226,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--n", type=int, default=4000, help="samples per run")
     p.add_argument("--seeds", type=int, default=2, help="seeds of the noise-floor comparison")
     p.add_argument("--floor-n", type=int, default=20000, help="samples per run of the noise-floor comparison")
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "fast_solvers"))
-    p.add_argument("--quick", action="store_true", help="smoke run: 200 samples, 1 seed")
+    add_run_options(p, "fast_solvers", "200 samples, 1 seed")
     return p.parse_args(argv)
 
 

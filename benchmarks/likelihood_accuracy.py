@@ -12,14 +12,13 @@ per step) over a grid of tolerances. Writes ``report.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
 
 import torch
 
-from benchmarks.common import write_report
+from benchmarks.common import add_run_options, write_report
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import anisotropic, ring
 from sde_diffusion.evaluation.likelihood import log_likelihood
@@ -41,9 +40,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--settings", nargs="+", help="method:rtol:atol to run instead of the built-in grid")
     p.add_argument("--targets", nargs="+", default=list(TARGETS), choices=list(TARGETS))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "likelihood_accuracy"))
-    p.add_argument("--quick", action="store_true", help="smoke run: 40 points, 1 seed, two settings")
+    add_run_options(p, "likelihood_accuracy", "40 points, 1 seed, two settings")
     return p.parse_args(argv)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -25,7 +24,7 @@ from typing import Optional
 import torch
 
 import solvers
-from benchmarks.common import write_report
+from benchmarks.common import add_run_options, write_report
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.core.targets import anisotropic, multiscale, ring
 
@@ -43,10 +42,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sdes", default=",".join(SDES))
     p.add_argument("--targets", default=",".join(TARGETS))
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "ode_variable"))
+    add_run_options(p, "ode_variable", "100 latents, VP, the ring, three tolerances")
     p.add_argument("--from-T", action="store_true", help="from T to the SDE's default eps, not σ/α 80 → 0.002")
-    p.add_argument("--quick", action="store_true", help="smoke run: 100 latents, VP, the ring, three tolerances")
     return p.parse_args(argv)
 
 

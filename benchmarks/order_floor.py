@@ -14,7 +14,6 @@ different algebraic forms) are not resolved by the measurement.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from collections.abc import Sequence
 from typing import Optional
@@ -22,7 +21,7 @@ from typing import Optional
 import torch
 
 import solvers
-from benchmarks.common import log, table, write_report
+from benchmarks.common import add_run_options, log, table, write_report
 from benchmarks.defaults import SIGMA_MAX, SIGMA_MIN, SWEEP_SDES, TARGETS, ours
 from sde_diffusion.core.sde_lib import get_sde
 from sde_diffusion.evaluation.benchmark import Benchmark, mixture_problem, noise_level, parse_method
@@ -48,9 +47,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--nfe", nargs="+", type=int, default=list(NFE_GRID))
     p.add_argument("--n", type=int, default=1000, help="latents per problem")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "order_floor"))
-    p.add_argument("--quick", action="store_true", help="smoke run: 200 latents, VP, ring, NFE 3 and 5")
+    add_run_options(p, "order_floor", "200 latents, VP, ring, NFE 3 and 5")
     return p.parse_args(argv)
 
 

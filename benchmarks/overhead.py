@@ -22,7 +22,6 @@ Writes ``report.md`` to ``--out``.
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -32,7 +31,7 @@ from typing import Optional
 import torch
 
 import solvers
-from benchmarks.common import log, table, write_report
+from benchmarks.common import add_run_options, log, table, write_report
 from benchmarks.peers import load_sampling
 from sde_diffusion.core.sde_lib import get_sde
 from solvers.unipc import unipc_coefficients
@@ -123,10 +122,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--levels", type=int, default=21, help="Karras grid levels (before the appended 0)")
     p.add_argument("--warmup", type=int, default=10)
     p.add_argument("--repeats", type=int, default=101, help="timed runs per side (the median is reported)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "overhead"))
+    add_run_options(p, "overhead", "1 warm-up, 3 repeats", threads_help="torch threads (0: torch's default)")
     p.add_argument("--no-memo", action="store_true", help="clear UniPC's memoised coefficients before each of our runs")
-    p.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 3 repeats")
     return p.parse_args(argv)
 
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from collections.abc import Sequence
 from typing import Any, Optional
@@ -32,7 +31,7 @@ from typing import Any, Optional
 import torch
 
 import solvers
-from benchmarks.common import log, table, write_report
+from benchmarks.common import add_run_options, log, table, write_report
 from sde_diffusion.core.mixtures import GaussianMixture
 from sde_diffusion.core.registry import Registry
 from sde_diffusion.core.sde_lib import LinearSDE, get_sde
@@ -151,10 +150,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument("--seeds", type=int, default=2, help="runs averaged per setting")
     p.add_argument("--replicates", type=int, default=10, help="exact-sample replicates of the floor")
     p.add_argument("--max-nfe", type=int, default=1000)
-    p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", default=os.path.join("benchmarks", "results", "stochastic"))
+    add_run_options(p, "stochastic", "500 samples, 1 seed, 3 replicates, NFE ≤ 40")
     p.add_argument("--limits", action="store_true", help="also the fixed-grid improved Euler on every named schedule")
-    p.add_argument("--quick", action="store_true", help="smoke run: 500 samples, 1 seed, 3 replicates, NFE ≤ 40")
     return p.parse_args(argv)
 
 
