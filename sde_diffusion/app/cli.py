@@ -12,6 +12,7 @@ processes (``sde_diffusion.core.distributed``): data-parallel training, evaluati
 """
 from __future__ import annotations
 
+import os
 import re
 import sys
 import warnings
@@ -221,7 +222,12 @@ def main(argv: list[str]) -> None:
         sys.exit(128 + err.signum)
     except KeyboardInterrupt as err:
         print(str(err) or "aborted", file=sys.stderr)
-        sys.exit(128 + 2)
+        # Every ``finally`` has run; exit without interpreter finalisation, because CPython replaces
+        # the exit status with death by SIGINT once a KeyboardInterrupt has crossed one of its embedded
+        # PyRun_* calls, and a second signal can land anywhere (e.g. inside a lazy import).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(128 + 2)
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
