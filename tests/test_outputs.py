@@ -98,7 +98,7 @@ def test_sample_rerun_after_sigkill_continues(run_dir, capsys):
         deadline = time.time() + 240
         while not (os.path.isdir(parts) and any(n.startswith("batch_") for n in os.listdir(parts))):
             assert proc.poll() is None and time.time() < deadline, "the sample run ended before its first batch was seen"
-            time.sleep(0.02)
+            time.sleep(0.001)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
     finally:

@@ -9,6 +9,7 @@ depend on ``n_iters``; ``reference`` trains it once without interruption, keepin
 a CLI process with one thread; the CPU's arithmetic is deterministic within it).
 """
 import os
+import random
 import re
 import shutil
 import signal
@@ -107,27 +108,53 @@ def trained(tmp_path, reference) -> Path:
 
 
 # --- SIGKILL while a checkpoint is written ----------------------------------------------------------
-#: Seconds after the temporary file of a checkpoint write appears at which the writer is killed:
-#: at once (while torch's archive is written), during the fsync, and later (around the rename, the
-#: pruning of old checkpoints and the next steps).
-KILL_DELAYS = (0.0, 0.002, 0.02)
+#: Seconds after the temporary file of a checkpoint write appears at which the writer is killed in the
+#: later kills: during the fsync, and around the rename, the pruning of old checkpoints and the next
+#: steps (wherever they land, nothing may be lost).
+KILL_DELAYS = (0.002, 0.02)
+#: Checkpoints kept by the killed runs.
+KEEP = 2
+
+
+def _freeze_mid_write(proc: subprocess.Popen, workdir: Path, timeout: float = 120) -> list[str]:
+    """Stop ``proc`` with SIGSTOP at random moments, each time waiting until the kernel reports it
+    stopped (``waitpid`` with ``WUNTRACED``), until it is stopped with a checkpoint's temporary file
+    present, i.e. between the temporary's creation and its rename; return those temporaries with
+    the process left stopped. Checkpointing every step, the write is a fixed fraction of each step,
+    so the chance that no stop lands in it falls geometrically with the number of stops."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        proc.send_signal(signal.SIGSTOP)
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        if not os.WIFSTOPPED(status):
+            pytest.fail(f"the run ended (wait status {status}) before a stop landed in a checkpoint write")
+        if leftover := _temporaries(workdir):
+            return leftover
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(random.uniform(0.0, 0.002))
+    proc.kill()
+    pytest.fail(f"no stop landed in a checkpoint write in {timeout} s")
 
 
 def test_sigkill_during_checkpoint_writes_loses_nothing_and_resumes_exactly(tmp_path, reference):
-    """A run checkpointing every step (keeping 2) is killed with SIGKILL at each of ``KILL_DELAYS``
-    after a checkpoint's temporary file appears, and restarted in the same workdir each time. After
-    every kill each ``ckpt_*.pt`` present loads and verifies, the latest one is at most one step old
-    (the work lost to a SIGKILL, which cannot be caught, is the step being written), and at least one
-    kill must have hit a write in progress (its temporary left behind). The next start removes the
+    """A run checkpointing every step (keeping ``KEEP``) is killed with SIGKILL, and restarted in the same
+    workdir each time: first while frozen in the middle of a checkpoint write (``_freeze_mid_write``),
+    then at each of ``KILL_DELAYS`` after a checkpoint's temporary file appears. After every kill each
+    ``ckpt_*.pt`` present loads and verifies, and they are of consecutive steps, ``KEEP`` of them or
+    ``KEEP + 1`` after a kill between a write's rename and the pruning of the oldest (the work lost to
+    a SIGKILL, which cannot be caught, is the step being written). The next start removes the
     temporaries, saying so, and the resumed run ends bit-identical to the uninterrupted one."""
     workdir, log = tmp_path / "killed", tmp_path / "killed.log"
-    killed_mid_write, leftover = 0, []
-    for delay in KILL_DELAYS:
+    leftover: list[str] = []
+    for delay in (None, *KILL_DELAYS):
         start = max(_steps(workdir), default=0)
-        proc = _start("train", workdir, log, **{"training.n_iters": REFERENCE_STEPS, "training.snapshot_freq": 1, "training.keep_checkpoints": 2})
+        proc = _start("train", workdir, log, **{"training.n_iters": REFERENCE_STEPS, "training.snapshot_freq": 1, "training.keep_checkpoints": KEEP})
         wait_for(lambda start=start: max(_steps(workdir), default=0) > start + 2, proc, "2 new checkpoints")
-        wait_for(lambda: _temporaries(workdir), proc, "a checkpoint write", poll=0.0002)
-        time.sleep(delay)
+        if delay is None:
+            frozen = _freeze_mid_write(proc, workdir)
+        else:
+            wait_for(lambda: _temporaries(workdir), proc, "a checkpoint write", poll=0.0002)
+            time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         assert proc.wait(timeout=60) == -signal.SIGKILL
         output = log.read_text()
@@ -135,12 +162,12 @@ def test_sigkill_during_checkpoint_writes_loses_nothing_and_resumes_exactly(tmp_
         if leftover:
             assert f"removed {len(leftover)} temporary file(s) of interrupted checkpoint writes: {', '.join(leftover)}" in output
         leftover = _temporaries(workdir)
-        killed_mid_write += bool(leftover)
+        if delay is None:
+            assert leftover == frozen, (leftover, frozen)
         steps = _steps(workdir)
-        assert 1 <= len(steps) <= 2 and (len(steps) == 1 or steps[1] == steps[0] + 1), steps
+        assert 1 <= len(steps) <= KEEP + 1 and steps == list(range(steps[0], steps[0] + len(steps))), steps
         for step in steps:
             assert load_checkpoint(str(workdir / "checkpoints" / f"ckpt_{step}.pt"))["step"] == step
-    assert killed_mid_write >= 1, "no kill hit a checkpoint write in progress"
     final = REFERENCE_STEPS // 2
     done = _run("train", workdir, **{"training.n_iters": final, "training.snapshot_freq": 10, "training.keep_checkpoints": 2})
     assert done.returncode == 0, done.stderr[-2000:]
