@@ -176,13 +176,13 @@ def limits_section(args: argparse.Namespace, reference_tol: float) -> list[str]:
     p = benches[args.targets[0]][0].problem  # every target shares the SDE, the interval and the options
     options = nominal_options(benches[args.targets[0]][0], name, variant)
     roots = torch.linspace(math.sqrt(p.t_start), math.sqrt(p.eps), args.limit_nodes + 2, dtype=torch.float64)[1:-1]
+    combos = list(itertools.combinations(range(args.limit_nodes), 3))
     scores = {}
-    for combo in itertools.combinations(range(args.limit_nodes), 3):
+    for combo in combos:
         times = torch.cat([torch.tensor([p.t_start], dtype=torch.float64), roots[list(combo)] ** 2, torch.tensor([p.eps], dtype=torch.float64)])
         for target, (bench, _, _) in benches.items():
             x, _ = solvers.sample(p.sde, bench.problem.score_fn, bench.latents.shape, name, x_T=bench.latents, schedule=times, **options)
             scores[combo, target] = score(bench, x)
-    combos = list(itertools.combinations(range(args.limit_nodes), 3))
 
     def ratios(combo: tuple[int, ...], target: str) -> tuple[float, float]:
         (median, switch), (bench, best5, _) = scores[combo, target], benches[target]

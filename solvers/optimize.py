@@ -93,9 +93,10 @@ def optimize_schedule(
     statistic: str = "median",
     **options: Any,
 ) -> torch.Tensor:
-    """The decreasing times (float64, t_start first, eps last) that minimise the mean distance of
-    ``method``'s output at ``nfe`` evaluations to the exact probability-flow solution from the same
-    latents (module docstring; Xue et al. 2024's objective, measured as in Pei et al. 2025).
+    """The decreasing times (float64, t_start first, eps last) that minimise the ``statistic`` of the
+    distances of ``method``'s output at ``nfe`` evaluations to the exact probability-flow solution
+    from the same latents (module docstring; Xue et al. 2024's objective, measured as in Pei et al.
+    2025).
 
     Args:
       shape: per-sample shape (without the batch dimension).

@@ -8,8 +8,9 @@ A step s → t (h = λ_t - λ_s > 0) of UniP (predictor) or UniC (corrector) wit
 where (γ, c) = (α, σ) for noise and (σ, α) for data, m_k are outputs at earlier nodes
 (r_k = (λ_k - λ_s)/h < 0) and, for UniC, at the new node t (r = 1), B(z) = z (bh1) or e^z - 1 (bh2),
 and a solves Σ_k a_k r_k^{i-1} = i! z φ_{i+1}(z)/B(z), i = 1..K; a single difference takes a = 1/2
-(Zhao et al. 2023, §3; K = 0 is DDIM). ``variant="auto"`` is bh1 below 10 steps and bh2 from 10. UniC reuses the evaluation at the predicted x_t that the
-next step needs anyway, so it raises the order by one at no extra cost.
+(Zhao et al. 2023, §3; K = 0 is DDIM). UniC reuses the evaluation at the predicted x_t that the
+next step needs anyway, so it raises the order by one at no extra cost. ``variant="auto"`` is bh1
+below 10 steps and bh2 from 10.
 """
 from __future__ import annotations
 
